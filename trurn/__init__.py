@@ -1,0 +1,1 @@
+"""trurn: a Trio-native runtime for turn-based LLM agents."""

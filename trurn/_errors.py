@@ -1,0 +1,137 @@
+"""trurn's exception tree.
+
+Every exception trurn raises on purpose derives from :class:`TrurnError`::
+
+    TrurnError
+    ├── ProviderError                 the model provider failed (carries status_code, provider)
+    │   ├── AuthenticationError       401: missing or wrong API key
+    │   ├── PermissionDeniedError     403: the key may not use this model or endpoint
+    │   ├── NotFoundError             404: unknown model or wrong base URL
+    │   ├── BadRequestError           400/422: the provider rejected the request
+    │   │   └── ContextOverflowError  the prompt does not fit the model's context window
+    │   ├── RateLimitError            429: slow down (see retry_after)
+    │   ├── OverloadedError           529 / "overloaded": the provider is busy
+    │   ├── ServerError               5xx: the provider failed
+    │   ├── ProviderTimeout           no answer in time
+    │   ├── ProviderConnectionError   could not reach the provider, or it hung up
+    │   └── MalformedStreamError      the reply is not the stream format it should be
+    └── ToolError                     raise from a tool to fail with a message for the model
+
+Lower-level errors (httpx, msgspec) are mapped to the most specific class with
+``raise ... from exc``. Messages carry the provider's own words and never an API key.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ContextOverflowError",
+    "MalformedStreamError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderTimeout",
+    "RateLimitError",
+    "ServerError",
+    "ToolError",
+    "TrurnError",
+]
+
+
+class TrurnError(Exception):
+    """Base class of every exception trurn raises on purpose."""
+
+
+class ProviderError(TrurnError):
+    """The model provider failed.
+
+    ``status_code`` is the HTTP status (``None`` when there was no response, or for
+    an error sent inside a 200 stream); ``provider`` names the adapter; ``retryable``
+    says whether sending the same request again may succeed.
+    """
+
+    retryable = False
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, provider: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.provider = provider
+
+
+class AuthenticationError(ProviderError):
+    """The API key is missing or wrong (HTTP 401)."""
+
+
+class PermissionDeniedError(ProviderError):
+    """The API key may not use this model or endpoint (HTTP 403)."""
+
+
+class NotFoundError(ProviderError):
+    """The model or the endpoint does not exist (HTTP 404)."""
+
+
+class BadRequestError(ProviderError):
+    """The provider rejected the request as invalid (HTTP 400 or 422)."""
+
+
+class ContextOverflowError(BadRequestError):
+    """The conversation does not fit the model's context window."""
+
+
+class RateLimitError(ProviderError):
+    """Too many requests (HTTP 429). ``retry_after`` is the server's hint in seconds."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        provider: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, provider=provider)
+        self.retry_after = retry_after
+
+
+class OverloadedError(ProviderError):
+    """The provider is overloaded (HTTP 529 or an ``overloaded_error``)."""
+
+    retryable = True
+
+
+class ServerError(ProviderError):
+    """The provider failed (HTTP 5xx)."""
+
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    """The provider did not answer in time."""
+
+    retryable = True
+
+
+class ProviderConnectionError(ProviderError):
+    """The provider could not be reached, or closed the connection mid-reply."""
+
+    retryable = True
+
+
+class MalformedStreamError(ProviderError):
+    """The provider's reply is not the stream format it should be."""
+
+
+class ToolError(TrurnError):
+    """Raise from a tool to fail with ``message`` as the result the model reads.
+
+    Any other exception from a tool is reported too (with its type and text); this
+    one lets a tool choose exactly what the model is told.
+    """

@@ -1,0 +1,63 @@
+"""What every provider is: the :class:`Provider` protocol and the :class:`Request` it streams.
+
+A provider turns a :class:`Request` (history, tool schemas, options) into a stream of
+provider-neutral chunks. It owns the wire format; the turn owns everything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+from .._chunks import Chunk
+from .._messages import Message
+
+__all__ = ["Provider", "Request", "ToolSpec"]
+
+
+class ToolSpec(msgspec.Struct, frozen=True):
+    """A tool as the model sees it: name, description and JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """One model call: the whole history plus the options for this reply.
+
+    ``None`` options are left out of the wire request, so the provider's defaults apply.
+    ``model`` overrides the provider's default model for this call.
+    """
+
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    reasoning_effort: str | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Streams model replies.
+
+    ``stream(request)`` returns an async context manager; entering it sends the
+    request and raises a :class:`~trurn.ProviderError` subclass if the provider
+    refuses it; iterating it yields batches of chunks (one batch per network read)
+    until the reply ends. Leaving the context (normally, on error or on cancel)
+    closes the HTTP response.
+    """
+
+    @property
+    def model(self) -> str:
+        """The default model name."""
+        ...
+
+    def stream(self, request: Request) -> AbstractAsyncContextManager[AsyncIterator[Sequence[Chunk]]]:
+        """Send ``request`` and stream the reply as batches of chunks."""
+        ...
