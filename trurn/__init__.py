@@ -1,1 +1,90 @@
-"""trurn: a Trio-native runtime for turn-based LLM agents."""
+"""trurn: a Trio-native runtime for turn-based LLM agents.
+
+One turn is the user's message, the model's streamed reply, the tool calls it asks
+for and their results, until the model answers without tools or a limit stops it.
+Every turn runs inside the caller's Trio cancellation tree and publishes typed events.
+"""
+
+from . import events as events
+from . import providers as providers
+from ._agent import Agent as Agent
+from ._agent import run_turn as run_turn
+from ._broadcast import Broadcast as Broadcast
+from ._broadcast import BroadcastStatistics as BroadcastStatistics
+from ._context import Context as Context
+from ._context import get_last_total_tokens as get_last_total_tokens
+from ._context import get_last_usage as get_last_usage
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import BadRequestError as BadRequestError
+from ._errors import ContextOverflowError as ContextOverflowError
+from ._errors import MalformedStreamError as MalformedStreamError
+from ._errors import NotFoundError as NotFoundError
+from ._errors import OverloadedError as OverloadedError
+from ._errors import PermissionDeniedError as PermissionDeniedError
+from ._errors import ProviderConnectionError as ProviderConnectionError
+from ._errors import ProviderError as ProviderError
+from ._errors import ProviderTimeout as ProviderTimeout
+from ._errors import RateLimitError as RateLimitError
+from ._errors import ServerError as ServerError
+from ._errors import ToolError as ToolError
+from ._errors import TrurnError as TrurnError
+from ._messages import AssistantMessage as AssistantMessage
+from ._messages import Message as Message
+from ._messages import SystemMessage as SystemMessage
+from ._messages import ThinkingBlock as ThinkingBlock
+from ._messages import ToolCall as ToolCall
+from ._messages import ToolMessage as ToolMessage
+from ._messages import Usage as Usage
+from ._messages import UserMessage as UserMessage
+from ._nucleus import Nucleus as Nucleus
+from ._nucleus import Reducer as Reducer
+from ._nucleus import Transition as Transition
+from ._tools import BaseTool as BaseTool
+from ._tools import ToolContext as ToolContext
+from ._tools import tool as tool
+from ._turn import IterationPolicy as IterationPolicy
+from ._turn import TurnResult as TurnResult
+from ._version import __version__ as __version__
+
+__all__ = [
+    "Agent",
+    "AssistantMessage",
+    "AuthenticationError",
+    "BadRequestError",
+    "BaseTool",
+    "Broadcast",
+    "BroadcastStatistics",
+    "Context",
+    "ContextOverflowError",
+    "IterationPolicy",
+    "MalformedStreamError",
+    "Message",
+    "NotFoundError",
+    "Nucleus",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderTimeout",
+    "RateLimitError",
+    "Reducer",
+    "ServerError",
+    "SystemMessage",
+    "ThinkingBlock",
+    "ToolCall",
+    "ToolContext",
+    "ToolError",
+    "ToolMessage",
+    "Transition",
+    "TrurnError",
+    "TurnResult",
+    "Usage",
+    "UserMessage",
+    "__version__",
+    "events",
+    "get_last_total_tokens",
+    "get_last_usage",
+    "providers",
+    "run_turn",
+    "tool",
+]

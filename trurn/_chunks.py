@@ -7,8 +7,6 @@ reducer folds them into events and an assembled :class:`~trurn.AssistantMessage`
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from ._messages import Usage
@@ -50,10 +48,10 @@ class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Finish(msgspec.Struct, frozen=True):
-    """The provider's reason for ending the reply (``"stop"``, ``"tool_calls"``, ``"length"``...)."""
+    """Why the provider ended the reply: ``"stop"``, ``"tool_calls"``, ``"length"``..."""
 
     reason: str
 
 
-Chunk = Union[TextDelta, ReasoningDelta, ThinkingSignature, ToolCallDelta, Usage, Finish]
+Chunk = TextDelta | ReasoningDelta | ThinkingSignature | ToolCallDelta | Usage | Finish
 """Anything a provider yields."""

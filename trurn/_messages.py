@@ -7,7 +7,7 @@ Messages form one tagged union on ``role``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -128,5 +128,5 @@ class ToolMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="role", t
         return self.status != "ok"
 
 
-Message = Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage]
+Message = SystemMessage | UserMessage | AssistantMessage | ToolMessage
 """Any message of a conversation; a tagged union on ``role``."""

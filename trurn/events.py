@@ -18,7 +18,7 @@ Order of one turn::
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -183,23 +183,23 @@ class TurnFinished(BaseEvent, tag="turn_finished"):
     text: str | None = None
 
 
-Event = Union[
-    TurnStarted,
-    MessageSent,
-    AssistantDelta,
-    AssistantReasoningDelta,
-    ToolCallDelta,
-    AssistantFinal,
-    ToolCallStarted,
-    ToolOutput,
-    ToolExit,
-    ApprovalRequest,
-    ChoiceRequest,
-    RunAborted,
-    Error,
-    EventsDropped,
-    TurnFinished,
-]
+Event = (
+    TurnStarted
+    | MessageSent
+    | AssistantDelta
+    | AssistantReasoningDelta
+    | ToolCallDelta
+    | AssistantFinal
+    | ToolCallStarted
+    | ToolOutput
+    | ToolExit
+    | ApprovalRequest
+    | ChoiceRequest
+    | RunAborted
+    | Error
+    | EventsDropped
+    | TurnFinished
+)
 """Any trurn event."""
 
 _encoder = msgspec.json.Encoder()

@@ -3,5 +3,6 @@
 from ._base import Provider as Provider
 from ._base import Request as Request
 from ._base import ToolSpec as ToolSpec
+from ._openai import OpenAIChat as OpenAIChat
 
-__all__ = ["Provider", "Request", "ToolSpec"]
+__all__ = ["OpenAIChat", "Provider", "Request", "ToolSpec"]

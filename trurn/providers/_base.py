@@ -58,6 +58,8 @@ class Provider(Protocol):
         """The default model name."""
         ...
 
-    def stream(self, request: Request) -> AbstractAsyncContextManager[AsyncIterator[Sequence[Chunk]]]:
+    def stream(
+        self, request: Request
+    ) -> AbstractAsyncContextManager[AsyncIterator[Sequence[Chunk]]]:
         """Send ``request`` and stream the reply as batches of chunks."""
         ...

@@ -1,0 +1,436 @@
+"""The turn loop, on an in-memory fake provider and virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import trio
+import trio.testing
+from fakes import HANG, FakeProvider, text_reply, tool_reply
+
+import trurn
+from trurn import events
+from trurn._chunks import Finish, TextDelta, ToolCallDelta
+from trurn._context import unanswered_tool_calls
+from trurn._messages import AssistantMessage, Message, ToolMessage, UserMessage
+
+
+@trurn.tool
+async def get_weather(city: str) -> str:
+    """Get the weather for a city."""
+    return f"sunny in {city}"
+
+
+def assert_valid_history(messages: Sequence[Message]) -> None:
+    """Every assistant tool call has exactly one result before the next assistant turn."""
+    pending: set[str] = set()
+    for message in messages:
+        if isinstance(message, AssistantMessage):
+            assert not pending, f"tool calls without results: {pending}"
+            pending = {call.id for call in message.tool_calls}
+        elif isinstance(message, ToolMessage):
+            assert message.tool_call_id in pending
+            pending.discard(message.tool_call_id)
+        elif isinstance(message, UserMessage):
+            assert not pending
+    assert not pending, f"tool calls without results: {pending}"
+
+
+async def collect(agent: trurn.Agent, context: trurn.Context, message: str) -> list[events.Event]:
+    seen: list[events.Event] = []
+    await agent.run_turn(context, message, on_event=seen.append)
+    return seen
+
+
+async def test_text_only_turn(autojump_clock: trio.testing.MockClock) -> None:
+    provider = FakeProvider([text_reply("", "Hel", "lo!")])
+    agent = trurn.Agent(provider, system="Be brief.")
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    result = await agent.run_turn(context, "Hi", on_event=seen.append)
+
+    assert result.text == "Hello!"
+    assert result.stop_reason == "completed"
+    assert result.tool_calls == []
+    assert [type(m) for m in result.messages] == [UserMessage, AssistantMessage]
+    assert list(context.messages) == result.messages
+    assert [e.__struct_config__.tag for e in seen] == [
+        "turn_started",
+        "message_sent",
+        "assistant_delta",
+        "assistant_delta",
+        "assistant_final",
+        "turn_finished",
+    ]
+    assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    assert {e.turn_id for e in seen} == {result.turn_id}
+    # The system prompt goes first in the request but is not part of the history.
+    request = provider.requests[0]
+    assert isinstance(request.messages[0], trurn.SystemMessage)
+    assert request.messages[0].content == "Be brief."
+    assert request.messages[1:] == [UserMessage("Hi")]
+
+
+async def test_tool_call_round_trip(autojump_clock: trio.testing.MockClock) -> None:
+    provider = FakeProvider(
+        [
+            tool_reply(("call_1", "get_weather", '{"city": "Tokyo"}'), text="Checking."),
+            text_reply("It is sunny in Tokyo."),
+        ]
+    )
+    agent = trurn.Agent(provider, tools=[get_weather])
+    context = trurn.Context()
+    result = await agent.run_turn(context, "Weather in Tokyo?")
+
+    assert result.text == "It is sunny in Tokyo."
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == [
+        ("call_1", "get_weather", {"city": "Tokyo"})
+    ]
+    tool_message = result.messages[2]
+    assert isinstance(tool_message, ToolMessage)
+    assert (tool_message.content, tool_message.status) == ("sunny in Tokyo", "ok")
+    # The second request carries the tool result back to the model.
+    assert provider.requests[1].messages[-1] == tool_message
+    assert [spec.name for spec in provider.requests[0].tools] == ["get_weather"]
+    assert_valid_history(context.messages)
+
+
+async def test_events_of_a_tool_turn_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    provider = FakeProvider(
+        [tool_reply(("c1", "get_weather", '{"city": "Oslo"}')), text_reply("Done.")]
+    )
+    seen = await collect(trurn.Agent(provider, tools=[get_weather]), trurn.Context(), "Oslo?")
+    tags = [e.__struct_config__.tag for e in seen]
+    assert tags == [
+        "turn_started",
+        "message_sent",
+        "tool_call_delta",
+        "tool_call_delta",
+        "assistant_final",
+        "tool_call",
+        "tool_exit",
+        "message_sent",
+        "assistant_delta",
+        "assistant_final",
+        "turn_finished",
+    ]
+
+
+async def test_parallel_tool_calls_run_concurrently_up_to_the_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    running = 0
+    most = 0
+
+    @trurn.tool
+    async def slow(n: int) -> int:
+        """Sleep a while, then echo."""
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await trio.sleep(1)
+        running -= 1
+        return n
+
+    calls = [(f"c{i}", "slow", f'{{"n": {i}}}') for i in range(5)]
+    provider = FakeProvider([tool_reply(*calls), text_reply("ok")])
+    agent = trurn.Agent(provider, tools=[slow], max_concurrent_tools=2)
+    start = trio.current_time()
+    result = await agent.run_turn(trurn.Context(), "go")
+
+    assert most == 2
+    assert trio.current_time() - start == pytest.approx(3)  # 5 calls, 2 at a time
+    results = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert [r.content for r in results] == ["0", "1", "2", "3", "4"]  # call order
+
+
+async def test_max_iterations_stops_a_model_that_keeps_calling_tools(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    replies = [tool_reply((f"c{i}", "get_weather", '{"city": "X"}')) for i in range(3)]
+    provider = FakeProvider(replies)
+    context = trurn.Context()
+    result = await trurn.Agent(provider, tools=[get_weather], max_steps=3).run_turn(context, "x")
+    assert result.stop_reason == "max_iterations"
+    assert len(provider.requests) == 3
+    assert_valid_history(context.messages)
+
+
+async def test_iteration_policy_sees_the_calls_and_can_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[int, list[str]]] = []
+
+    class StopAfterOneTool:
+        async def should_continue(
+            self, iteration: int, tool_calls: Sequence[trurn.ToolCall]
+        ) -> bool:
+            seen.append((iteration, [c.arguments["city"] for c in tool_calls]))
+            return not tool_calls
+
+    provider = FakeProvider([tool_reply(("c1", "get_weather", '{"city": "Rome"}'))])
+    agent = trurn.Agent(provider, tools=[get_weather], iteration_policy=StopAfterOneTool())
+    result = await agent.run_turn(trurn.Context(), "x")
+    assert result.stop_reason == "policy"
+    assert seen == [(0, []), (1, ["Rome"])]
+
+
+async def test_on_progress_gets_interim_text_and_tool_hints(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    progress: list[tuple[str, bool]] = []
+
+    async def on_progress(content: str, *, tool_hint: bool = False) -> None:
+        progress.append((content, tool_hint))
+
+    provider = FakeProvider(
+        [
+            tool_reply(("c1", "get_weather", '{"city": "Lisbon"}'), text="Let me look. "),
+            text_reply("Warm."),
+        ]
+    )
+    await trurn.run_turn(
+        provider=provider, message="x", tools=[get_weather], on_progress=on_progress
+    )
+    assert progress == [("Let me look.", False), ('get_weather("Lisbon")', True)]
+
+
+async def test_unknown_tool_is_reported_to_the_model_and_the_turn_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([tool_reply(("c1", "nope", "{}")), text_reply("Sorry.")])
+    result = await trurn.run_turn(provider=provider, message="x", tools=[get_weather])
+    [tool_message] = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert tool_message.status == "error"
+    assert "nope" in tool_message.content
+    assert "get_weather" in tool_message.content
+    assert result.text == "Sorry."
+
+
+async def test_empty_reply_ends_the_turn_without_reprompting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([[[Finish("stop")]]])
+    result = await trurn.run_turn(provider=provider, message="x")
+    assert result.text is None
+    assert result.stop_reason == "completed"
+    assert len(provider.requests) == 1
+
+
+@pytest.mark.parametrize("reason", ["length", "content_filter"])
+async def test_cut_off_reply_stops_the_turn_and_closes_its_tool_calls(
+    reason: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    cut = [
+        [ToolCallDelta(index=0, id="c1", name="get_weather", arguments='{"city": "Ber')],
+        [Finish(reason)],
+    ]
+    ran: list[str] = []
+
+    @trurn.tool
+    def record(city: str) -> str:
+        """Record."""
+        ran.append(city)
+        return city
+
+    provider = FakeProvider([cut])
+    context = trurn.Context()
+    result = await trurn.Agent(provider, tools=[record]).run_turn(context, "x")
+    assert result.stop_reason == reason
+    assert ran == []
+    last = context.messages[-1]
+    assert isinstance(last, ToolMessage)
+    assert last.status == "error"
+    assert reason in last.content
+    assert_valid_history(context.messages)
+
+
+async def test_seq_is_monotonic_across_turns_of_one_agent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([text_reply("one"), text_reply("two")])
+    agent = trurn.Agent(provider)
+    first = await collect(agent, trurn.Context(), "a")
+    second = await collect(agent, trurn.Context(), "b")
+    seqs = [e.seq for e in first + second]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
+    assert first[0].turn_id != second[0].turn_id
+
+
+async def test_one_turn_at_a_time_per_context(autojump_clock: trio.testing.MockClock) -> None:
+    provider = FakeProvider([[HANG], text_reply("x")])
+    agent = trurn.Agent(provider)
+    context = trurn.Context()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.run_turn, context, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="already running"):
+            await agent.run_turn(context, "second")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_turn_inside_a_tool_knows_its_parent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inner_events: list[events.Event] = []
+
+    @trurn.tool
+    async def delegate(task: str) -> str:
+        """Ask a sub-agent."""
+        sub = await trurn.run_turn(
+            provider=FakeProvider([text_reply("sub answer")]),
+            message=task,
+            on_event=inner_events.append,
+        )
+        return sub.text or ""
+
+    provider = FakeProvider([tool_reply(("c1", "delegate", '{"task": "t"}')), text_reply("ok")])
+    outer_events: list[events.Event] = []
+    result = await trurn.run_turn(
+        provider=provider, message="x", tools=[delegate], on_event=outer_events.append
+    )
+    started = inner_events[0]
+    assert isinstance(started, events.TurnStarted)
+    assert started.parent_turn_id == result.turn_id
+    outer_started = outer_events[0]
+    assert isinstance(outer_started, events.TurnStarted)
+    assert outer_started.parent_turn_id is None
+
+
+# --- cancellation and errors -------------------------------------------------------------
+
+
+async def test_cancel_mid_stream_keeps_partial_text_and_closes_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([[[TextDelta("Partial ")], [TextDelta("answer")], HANG]])
+    agent = trurn.Agent(provider)
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    with trio.move_on_after(5) as scope:
+        await agent.run_turn(context, "x", on_event=seen.append)
+    assert scope.cancelled_caught
+    assert provider.open_streams == 0
+    assert provider.closed_streams == 1
+    partial = context.messages[-1]
+    assert isinstance(partial, AssistantMessage)
+    assert (partial.content, partial.aborted) == ("Partial answer", True)
+    tags = [e.__struct_config__.tag for e in seen]
+    assert tags[-3:] == ["assistant_final", "run_aborted", "turn_finished"]
+    finished = seen[-1]
+    assert isinstance(finished, events.TurnFinished)
+    assert finished.stop_reason == "aborted"
+
+
+async def test_cancel_before_any_output_leaves_only_the_user_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([[HANG]])
+    context = trurn.Context()
+    with trio.move_on_after(1):
+        await trurn.Agent(provider).run_turn(context, "x")
+    assert list(context.messages) == [UserMessage("x")]
+
+
+async def test_cancel_mid_tool_gives_every_call_a_result(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @trurn.tool
+    async def forever() -> str:
+        """Never returns."""
+        await trio.sleep_forever()
+        return "unreachable"
+
+    provider = FakeProvider(
+        [tool_reply(("c1", "get_weather", '{"city": "A"}'), ("c2", "forever", "{}"))]
+    )
+    agent = trurn.Agent(provider, tools=[get_weather, forever])
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    with trio.move_on_after(10):
+        await agent.run_turn(context, "x", on_event=seen.append)
+
+    results = {m.tool_call_id: m for m in context.messages if isinstance(m, ToolMessage)}
+    assert results["c1"].status == "ok"
+    assert results["c2"].status == "cancelled"
+    assert unanswered_tool_calls(context.messages) == []
+    assert_valid_history(context.messages)
+    exits = [e for e in seen if isinstance(e, events.ToolExit)]
+    assert {(e.tool_call_id, e.status) for e in exits} == {("c1", "ok"), ("c2", "cancelled")}
+    assert [e.__struct_config__.tag for e in seen][-2:] == ["run_aborted", "turn_finished"]
+
+
+async def test_provider_error_mid_stream_is_raised_after_closing_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    error = trurn.ProviderConnectionError("connection reset by peer")
+    provider = FakeProvider([[[TextDelta("Half")], error]])
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    with pytest.raises(trurn.ProviderConnectionError, match="connection reset"):
+        await trurn.Agent(provider).run_turn(context, "x", on_event=seen.append)
+    partial = context.messages[-1]
+    assert isinstance(partial, AssistantMessage)
+    assert (partial.content, partial.aborted) == ("Half", True)
+    tags = [e.__struct_config__.tag for e in seen]
+    assert tags[-4:] == ["assistant_final", "error", "run_aborted", "turn_finished"]
+    error_event = seen[-3]
+    assert isinstance(error_event, events.Error)
+    assert error_event.error_type == "ProviderConnectionError"
+    assert provider.open_streams == 0
+
+
+async def test_provider_error_before_the_stream_after_tools_keeps_history_valid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider(
+        [
+            tool_reply(("c1", "get_weather", '{"city": "A"}')),
+            trurn.RateLimitError("slow down", status_code=429),
+        ]
+    )
+    context = trurn.Context()
+    with pytest.raises(trurn.RateLimitError):
+        await trurn.Agent(provider, tools=[get_weather]).run_turn(context, "x")
+    assert_valid_history(context.messages)
+
+
+async def test_a_drop_subscriber_that_never_reads_does_not_block_the_turn(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([text_reply("", *["x"] * 50)])
+    agent = trurn.Agent(provider)
+    async with agent.subscribe(max_buffer=4, policy="drop") as stuck:
+        result = await agent.run_turn(trurn.Context(), "x")
+        assert result.text == "x" * 50
+        received = []
+        while True:
+            try:
+                received.append(stuck.receive_nowait())
+            except trio.WouldBlock:
+                break
+    # The subscriber was told what it missed and still got the end of the turn.
+    assert any(isinstance(e, events.EventsDropped) for e in received)
+    assert isinstance(received[-1], events.TurnFinished)
+
+
+async def test_a_wait_subscriber_that_never_reads_cannot_stop_a_cancel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([text_reply("", *["x"] * 20)])
+    agent = trurn.Agent(provider)
+    context = trurn.Context()
+    async with agent.subscribe(max_buffer=2, policy="wait") as stuck:
+        with trio.move_on_after(1) as scope:
+            await agent.run_turn(context, "x")
+        assert scope.cancelled_caught
+        received = []
+        while True:
+            try:
+                received.append(stuck.receive_nowait())
+            except trio.WouldBlock:
+                break
+    assert isinstance(received[-1], events.TurnFinished)
+    assert provider.open_streams == 0

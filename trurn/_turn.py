@@ -1,0 +1,351 @@
+"""The turn loop: one user message in, model replies and tool calls until an answer.
+
+Read :func:`play_turn` top to bottom; it is the whole turn::
+
+    user message ─► request ─► stream reply ─► tool calls? ─► run them ─► results ─┐
+                       ▲                         │ no                               │
+                       └─────────────────────────┼──────────────────────────────────┘
+                                                 ▼
+                                            TurnResult
+
+Everything a turn starts runs inside it, in the caller's task or in nurseries it
+owns, so cancelling the caller (any enclosing cancel scope) stops the HTTP stream
+and the tools together. A cancelled or failed turn still leaves a history that is
+valid to send to the provider again, and publishes ``run_aborted`` then
+``turn_finished``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+import trio
+
+from . import events
+from ._context import Context
+from ._errors import TrurnError
+from ._messages import (
+    AssistantMessage,
+    Message,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    ToolStatus,
+    Usage,
+    UserMessage,
+)
+from ._stream import StreamState, assemble, reduce_stream
+from ._tools import run_tool_call
+from .providers import Request
+
+if TYPE_CHECKING:
+    from ._agent import Agent
+
+__all__ = ["IterationPolicy", "OnEvent", "OnProgress", "TurnResult", "play_turn"]
+
+OnEvent = Callable[[events.Event], "Awaitable[None] | None"]
+"""Called with every event of the turn, in order (a sync or async callable)."""
+
+
+class OnProgress(Protocol):
+    """exoclaw-style progress: the model's interim text, then a hint of the tools it calls."""
+
+    def __call__(self, content: str, *, tool_hint: bool = False) -> Awaitable[None]: ...
+
+
+class IterationPolicy(Protocol):
+    """Decides, before each model call, whether the turn goes on.
+
+    ``iteration`` is the number of model replies so far; ``tool_calls`` every tool
+    call of the turn so far, with its arguments. Returning ``False`` ends the turn
+    with ``stop_reason="policy"``. The agent's ``max_steps`` stays a hard limit.
+    """
+
+    async def should_continue(self, iteration: int, tool_calls: Sequence[ToolCall]) -> bool: ...
+
+
+class TurnResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What one turn produced.
+
+    ``text`` is the last assistant text of the turn (``None`` if there was none);
+    ``tool_calls`` every tool call the model made, in order; ``messages`` every
+    message the turn added to the history, the user message first; ``usage`` the
+    tokens of all the turn's model calls; ``stop_reason`` why it ended
+    (``"completed"``, ``"max_iterations"``, ``"policy"``, ``"length"``,
+    ``"content_filter"``).
+    """
+
+    text: str | None
+    tool_calls: list[ToolCall]
+    messages: list[Message]
+    usage: Usage
+    stop_reason: str
+    turn_id: str
+
+
+current_turn_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "trurn_current_turn_id", default=None
+)
+
+_CUT_OFF = {"length", "content_filter"}
+
+
+async def play_turn(
+    agent: Agent,
+    context: Context,
+    message: str,
+    *,
+    on_event: OnEvent | None = None,
+    on_progress: OnProgress | None = None,
+) -> TurnResult:
+    """Run one turn of ``agent`` on ``context``; see :meth:`trurn.Agent.run_turn`."""
+    if context._busy:
+        raise RuntimeError("a turn is already running on this context")
+    turn_id = "turn_" + secrets.token_hex(8)
+    emit = _Emitter(agent, turn_id, on_event)
+    start = len(context.messages)
+    usage = Usage()
+    tool_calls: list[ToolCall] = []
+    stop_reason = "max_iterations"
+
+    context._busy = True
+    parent_turn_id = current_turn_id.get()
+    token = current_turn_id.set(turn_id)
+    try:
+        await emit([events.TurnStarted(input=message, parent_turn_id=parent_turn_id)])
+        context.append(UserMessage(message))
+        for iteration in range(agent.max_steps):
+            policy = agent.iteration_policy
+            if policy is not None and not await policy.should_continue(iteration, tool_calls):
+                stop_reason = "policy"
+                break
+
+            reply = await _stream_reply(agent, context, emit, step=iteration + 1)
+            if reply.usage is not None:
+                usage += reply.usage
+            tool_calls.extend(reply.tool_calls)
+
+            if reply.finish_reason in _CUT_OFF:
+                # A cut-off reply's tool calls may be truncated: do not run them.
+                closed = context.close_tool_calls(
+                    "error", f"Not run: the reply was cut off ({reply.finish_reason})."
+                )
+                if closed:
+                    await emit([_exit_event(message) for message in closed])
+                stop_reason = reply.finish_reason or "length"
+                break
+            if not reply.tool_calls:
+                stop_reason = "completed"
+                break
+
+            if on_progress is not None:
+                await _report_progress(on_progress, reply)
+            await _run_tools(agent, context, emit, reply.tool_calls)
+    except BaseException as exc:
+        await _abort(context, emit, exc, usage)
+        raise
+    finally:
+        current_turn_id.reset(token)
+        context._busy = False
+
+    new_messages = list(context.messages[start:])
+    result = TurnResult(
+        text=_last_text(new_messages),
+        tool_calls=tool_calls,
+        messages=new_messages,
+        usage=usage,
+        stop_reason=stop_reason,
+        turn_id=turn_id,
+    )
+    await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=result.text)])
+    return result
+
+
+async def _stream_reply(
+    agent: Agent, context: Context, emit: _Emitter, *, step: int
+) -> AssistantMessage:
+    """Stream one model reply, publishing its events; append it to the history.
+
+    If the stream fails or is cancelled, the text that arrived is kept in the
+    history as an aborted reply (without its unfinished tool calls).
+    """
+    request = _build_request(agent, context)
+    state = StreamState()
+    try:
+        async with agent.provider.stream(request) as batches:
+            await emit([events.MessageSent(step=step, model=request.model or agent.provider.model)])
+            async for batch in batches:
+                published: list[events.BaseEvent] = []
+                for chunk in batch:
+                    transition = reduce_stream(state, chunk)
+                    state = transition.state
+                    published.extend(transition.events)
+                if published:
+                    await emit(published)
+    except BaseException:
+        if state.text or state.reasoning:
+            partial = assemble(state)
+            partial = msgspec.structs.replace(partial, tool_calls=[], aborted=True)
+            context.append(partial)
+            await emit.final([events.AssistantFinal(message=partial)])
+        raise
+    reply = assemble(state, call_id_prefix=f"call_{secrets.token_hex(4)}")
+    context.append(reply)
+    await emit([events.AssistantFinal(message=reply)])
+    return reply
+
+
+def _build_request(agent: Agent, context: Context) -> Request:
+    messages: list[Message] = list(context.messages)
+    if agent.system:
+        messages.insert(0, SystemMessage(agent.system))
+    return Request(
+        messages=messages,
+        tools=agent.tool_specs,
+        model=agent.model,
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        reasoning_effort=agent.reasoning_effort,
+        tool_choice=agent.tool_choice,
+    )
+
+
+async def _run_tools(
+    agent: Agent, context: Context, emit: _Emitter, calls: Sequence[ToolCall]
+) -> None:
+    """Run one reply's tool calls concurrently (at most ``agent.max_concurrent_tools``
+    at once) and append their results in call order, the finished ones even when the
+    batch is cancelled."""
+    results: list[ToolMessage | None] = [None] * len(calls)
+    limiter = trio.CapacityLimiter(agent.max_concurrent_tools)
+
+    async def run_one(position: int, call: ToolCall) -> None:
+        async with limiter:
+            results[position] = await run_tool_call(call, agent.tools, emit)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for position, call in enumerate(calls):
+                nursery.start_soon(run_one, position, call)
+    finally:
+        context.extend(result for result in results if result is not None)
+
+
+async def _report_progress(on_progress: OnProgress, reply: AssistantMessage) -> None:
+    if reply.content and reply.content.strip():
+        await on_progress(reply.content.strip())
+    await on_progress(", ".join(_tool_hint(call) for call in reply.tool_calls), tool_hint=True)
+
+
+def _tool_hint(call: ToolCall) -> str:
+    """``name("first string argument…")``, short enough for a status line."""
+    first = next((v for v in call.arguments.values() if isinstance(v, str)), None)
+    if first is None:
+        return call.name
+    if len(first) > 40:
+        first = first[:40] + "…"
+    return f'{call.name}("{first}")'
+
+
+async def _abort(context: Context, emit: _Emitter, exc: BaseException, usage: Usage) -> None:
+    """Leave a valid history and the closing events after a cancel or an error."""
+    cancelled = isinstance(exc, trio.Cancelled) or not isinstance(exc, Exception)
+    status: ToolStatus
+    if cancelled:
+        reason, status, content = "cancelled", "cancelled", "Cancelled: the turn was cancelled."
+    else:
+        reason, status = "error", "error"
+        content = f"Not run: the turn stopped on an error ({type(exc).__name__})."
+        await emit.final([events.Error(message=_describe(exc), error_type=type(exc).__name__)])
+    closing: list[events.BaseEvent] = [
+        _exit_event(result) for result in context.close_tool_calls(status, content)
+    ]
+    closing.append(events.RunAborted(reason=reason))
+    stop_reason = "aborted" if cancelled else "error"
+    closing.append(events.TurnFinished(stop_reason=stop_reason, usage=usage))
+    await emit.final(closing)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TrurnError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _exit_event(result: ToolMessage) -> events.ToolExit:
+    return events.ToolExit(
+        tool_call_id=result.tool_call_id,
+        name=result.name,
+        status=result.status,
+        content=result.content,
+    )
+
+
+def _last_text(messages: Sequence[Message]) -> str | None:
+    for message in reversed(messages):
+        if isinstance(message, AssistantMessage):
+            return message.content
+    return None
+
+
+class _Emitter:
+    """Stamps events with the agent's next ``seq`` and the turn id, then publishes them.
+
+    Publishing goes through one lock per agent so that events leave in ``seq`` order
+    even when concurrent tools emit while a subscriber applies backpressure. The
+    lock is taken without a checkpoint when it is free, so a batch costs exactly the
+    one checkpoint of :meth:`Broadcast.publish`.
+    """
+
+    __slots__ = ("_agent", "_on_event", "_turn_id")
+
+    def __init__(self, agent: Agent, turn_id: str, on_event: OnEvent | None) -> None:
+        self._agent = agent
+        self._turn_id = turn_id
+        self._on_event = on_event
+
+    def _stamp(self, batch: Sequence[events.BaseEvent]) -> None:
+        agent = self._agent
+        turn_id = self._turn_id
+        seq = agent._seq
+        for event in batch:
+            seq += 1
+            event.seq = seq
+            event.turn_id = turn_id
+        agent._seq = seq
+
+    async def __call__(self, batch: Sequence[events.BaseEvent]) -> None:
+        lock = self._agent._publish_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            self._stamp(batch)
+            if self._on_event is not None:
+                for event in batch:
+                    outcome = self._on_event(event)  # type: ignore[arg-type]
+                    if inspect.isawaitable(outcome):
+                        await outcome
+            await self._agent._hub.publish(batch)  # type: ignore[arg-type]
+        finally:
+            lock.release()
+
+    async def final(self, batch: Sequence[events.BaseEvent]) -> None:
+        """Publish while the turn is being torn down: shielded, and never waiting for
+        a subscriber (a full one has older events evicted, see
+        :meth:`Broadcast.publish_nowait`). An ``on_event`` callback still gets every
+        event, so it must not block indefinitely."""
+        with trio.CancelScope(shield=True):
+            self._stamp(batch)
+            self._agent._hub.publish_nowait(batch)  # type: ignore[arg-type]
+            if self._on_event is not None:
+                for event in batch:
+                    outcome = self._on_event(event)  # type: ignore[arg-type]
+                    if inspect.isawaitable(outcome):
+                        await outcome
