@@ -888,10 +888,14 @@ async def test_response_closed_when_cancelled_while_waiting_for_bytes(
         provider = OpenAIChat("m", base_url=BASE_URL, client=client)
         with trio.move_on_after(5) as scope:
             async with provider.stream(REQUEST) as stream:
+                assert stream.response is not None
+                assert not stream.response.is_closed
                 async for batch in stream:
                     received.extend(batch)
     assert scope.cancelled_caught
     assert received == [TextDelta("first")]
+    assert stream.response is not None
+    assert stream.response.is_closed
     assert body.closed
 
 
@@ -910,6 +914,8 @@ async def test_response_closed_when_cancelled_in_the_consumer(
                     await trio.sleep_forever()  # e.g. a full subscriber
     assert scope.cancelled_caught
     assert received == [TextDelta("first")]
+    assert stream.response is not None
+    assert stream.response.is_closed
     assert body.closed
     assert body.sent == 1
 

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import TextIO
 
 import trio
@@ -117,7 +118,7 @@ async def _turn(provider: OpenAIChat, args: argparse.Namespace, out: TextIO) -> 
 
 async def _serve(port: int, out: TextIO) -> int:
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_scripted_server, demo_model, port)
+        server = await nursery.start(partial(serve_scripted_server, demo_model, port=port))
         out.write(f"serving the offline model at {server.base_url} (Ctrl-C stops)\n")
         out.flush()
     return 0

@@ -365,11 +365,18 @@ class _ChatStream:
     async def __anext__(self) -> list[Chunk]:
         """The chunks of the next network read (a checkpoint); never an empty batch.
 
-        Raises :class:`StopAsyncIteration` after ``[DONE]`` or the end of the body;
-        the typed error the provider sent in the stream; :class:`~trurn.MalformedStreamError`
-        for a payload that is not a chunk, or a body that ended before the reply
-        finished; :class:`~trurn.ProviderConnectionError` / :class:`~trurn.ProviderTimeout`
-        when the connection fails mid-reply.
+        Raises :class:`StopAsyncIteration` after ``[DONE]`` or the end of the body (a
+        body that ends with a finish reason but no ``[DONE]`` is complete);
+        :class:`~trurn.MalformedStreamError` for a payload that is not a chunk, or a body
+        that ended before the reply finished; :class:`~trurn.ProviderConnectionError` /
+        :class:`~trurn.ProviderTimeout` when the connection fails mid-reply; the typed
+        :class:`~trurn.ProviderError` for an error the provider sent in the stream.
+
+        An error found in the middle of a read is raised by the *next* call, after the
+        chunks decoded before it were returned. After ``[DONE]`` (or such an error), the
+        next call first reads what is left of the body, at most 64 KiB for at most a
+        second, so the connection can be reused. Cancellation while waiting for bytes
+        ends the iteration; leaving the ``async with`` block closes the response.
         """
         if self._done:
             await self._end()
@@ -405,6 +412,9 @@ class _ChatStream:
                 raise MalformedStreamError(
                     f"could not decode the body from {self._url}: {exc}", provider=_PROVIDER
                 ) from exc
+            except BaseException:  # Cancelled, KeyboardInterrupt: httpx's iterator is gone
+                self._done = True
+                raise
             batch = self._decode(data)
             if batch:
                 return batch
@@ -651,6 +661,7 @@ class OpenAIChat:
             await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> OpenAIChat:
+        await trio.lowlevel.checkpoint()
         return self
 
     async def __aexit__(
