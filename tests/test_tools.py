@@ -13,12 +13,11 @@ import trio
 import trio.testing
 
 from trurn import events
-from trurn._errors import ToolError
+from trurn._errors import ToolArgumentsError, ToolError
 from trurn._messages import ToolCall
 from trurn._tools import (
     BaseTool,
     FunctionTool,
-    ToolArgumentsError,
     ToolContext,
     run_tool_call,
     tool,

@@ -11,6 +11,7 @@ from ._agent import Agent as Agent
 from ._agent import run_turn as run_turn
 from ._broadcast import Broadcast as Broadcast
 from ._broadcast import BroadcastStatistics as BroadcastStatistics
+from ._broadcast import SubscriberStatistics as SubscriberStatistics
 from ._context import Context as Context
 from ._context import get_last_total_tokens as get_last_total_tokens
 from ._context import get_last_usage as get_last_usage
@@ -26,6 +27,7 @@ from ._errors import ProviderError as ProviderError
 from ._errors import ProviderTimeout as ProviderTimeout
 from ._errors import RateLimitError as RateLimitError
 from ._errors import ServerError as ServerError
+from ._errors import ToolArgumentsError as ToolArgumentsError
 from ._errors import ToolError as ToolError
 from ._errors import TrurnError as TrurnError
 from ._messages import AssistantMessage as AssistantMessage
@@ -40,6 +42,7 @@ from ._nucleus import Nucleus as Nucleus
 from ._nucleus import Reducer as Reducer
 from ._nucleus import Transition as Transition
 from ._tools import BaseTool as BaseTool
+from ._tools import FunctionTool as FunctionTool
 from ._tools import ToolContext as ToolContext
 from ._tools import tool as tool
 from ._turn import IterationPolicy as IterationPolicy
@@ -56,6 +59,7 @@ __all__ = [
     "BroadcastStatistics",
     "Context",
     "ContextOverflowError",
+    "FunctionTool",
     "IterationPolicy",
     "MalformedStreamError",
     "Message",
@@ -69,8 +73,10 @@ __all__ = [
     "RateLimitError",
     "Reducer",
     "ServerError",
+    "SubscriberStatistics",
     "SystemMessage",
     "ThinkingBlock",
+    "ToolArgumentsError",
     "ToolCall",
     "ToolContext",
     "ToolError",

@@ -16,6 +16,7 @@ Every exception trurn raises on purpose derives from :class:`TrurnError`::
     │   ├── ProviderConnectionError   could not reach the provider, or it hung up
     │   └── MalformedStreamError      the reply is not the stream format it should be
     └── ToolError                     raise from a tool to fail with a message for the model
+        └── ToolArgumentsError        the model's arguments do not fit the tool's schema
 
 Lower-level errors (httpx, msgspec) are mapped to the most specific class with
 ``raise ... from exc``. Messages carry the provider's own words and never an API key.
@@ -36,6 +37,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimitError",
     "ServerError",
+    "ToolArgumentsError",
     "ToolError",
     "TrurnError",
 ]
@@ -134,4 +136,14 @@ class ToolError(TrurnError):
 
     Any other exception from a tool is reported too (with its type and text); this
     one lets a tool choose exactly what the model is told.
+    """
+
+
+class ToolArgumentsError(ToolError):
+    """The model's arguments do not fit the tool's schema.
+
+    A ``@tool`` function raises it when :func:`msgspec.convert` rejects the arguments;
+    explicit tools may raise it after their own checks. The turn reports it
+    as an ``"error"`` result saying the arguments were invalid (``error_type``
+    ``"ValidationError"``), so the model knows to fix its call rather than retry it.
     """

@@ -28,7 +28,7 @@ import msgspec
 import trio
 
 from . import events
-from ._errors import ToolError
+from ._errors import ToolArgumentsError, ToolError
 from ._messages import ToolCall, ToolMessage, ToolStatus
 from .providers._base import ToolSpec
 
@@ -54,16 +54,6 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 # How much of unparseable argument text the model is shown back.
 _EXCERPT_CHARS = 200
-
-
-class ToolArgumentsError(ToolError):
-    """The model's arguments do not fit the tool's schema.
-
-    :class:`FunctionTool` raises it when :func:`msgspec.convert` rejects the arguments;
-    explicit tools may raise it after their own checks. :func:`run_tool_call` reports it
-    as an ``"error"`` result saying the arguments were invalid (``error_type``
-    ``"ValidationError"``), so the model knows to fix its call rather than retry it.
-    """
 
 
 class ToolContext:
