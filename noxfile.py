@@ -85,7 +85,8 @@ def lint(session: nox.Session) -> None:
 # Pythons then need their backports (exceptiongroup) installed to type-check.
 @nox.session(python="3.10")
 def typing(session: nox.Session) -> None:
-    session.install(".", "mypy")
+    # The test extra too: trurn.testing.pytest_plugin is typed against pytest.
+    session.install(".[test]", "mypy")
     session.run("mypy", "--strict", "trurn")
 
 
