@@ -1027,3 +1027,22 @@ async def test_aclose_without_client_is_a_checkpoint() -> None:
     provider = OpenAIChat("m")
     with trio.testing.assert_checkpoints():
         await provider.aclose()
+
+
+def test_tool_call_arguments_that_were_not_json_go_back_as_an_empty_object() -> None:
+    from trurn._messages import AssistantMessage, ToolCall, ToolMessage, UserMessage
+    from trurn.providers._openai import encode_request
+
+    broken = ToolCall(id="c1", name="f", arguments_raw='{"city": ', arguments_error="bad JSON")
+    exact = ToolCall(id="c2", name="f", arguments={"a": 1}, arguments_raw='{"a":  1}')
+    request = Request(
+        messages=[
+            UserMessage("hi"),
+            AssistantMessage(tool_calls=[broken, exact]),
+            ToolMessage(tool_call_id="c1", name="f", content="invalid", status="error"),
+            ToolMessage(tool_call_id="c2", name="f", content="ok"),
+        ]
+    )
+    body = json.loads(encode_request(request, model="m"))
+    calls = body["messages"][1]["tool_calls"]
+    assert [c["function"]["arguments"] for c in calls] == ["{}", '{"a":  1}']

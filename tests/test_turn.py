@@ -434,3 +434,15 @@ async def test_a_wait_subscriber_that_never_reads_cannot_stop_a_cancel(
                 break
     assert isinstance(received[-1], events.TurnFinished)
     assert provider.open_streams == 0
+
+
+async def test_cancel_after_reasoning_only_keeps_no_empty_assistant_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trurn._chunks import ReasoningDelta
+
+    provider = FakeProvider([[[ReasoningDelta("hmm")], HANG]])
+    context = trurn.Context()
+    with trio.move_on_after(1):
+        await trurn.Agent(provider).run_turn(context, "x")
+    assert list(context.messages) == [UserMessage("x")]

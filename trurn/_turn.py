@@ -136,7 +136,7 @@ async def play_turn(
                     "error", f"Not run: the reply was cut off ({reply.finish_reason})."
                 )
                 if closed:
-                    await emit([_exit_event(message) for message in closed])
+                    await emit([_exit_event(result) for result in closed])
                 stop_reason = reply.finish_reason or "length"
                 break
             if not reply.tool_calls:
@@ -146,6 +146,10 @@ async def play_turn(
             if on_progress is not None:
                 await _report_progress(on_progress, reply)
             await _run_tools(agent, context, emit, reply.tool_calls)
+
+        new_messages = list(context.messages[start:])
+        text = _last_text(new_messages)
+        await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=text)])
     except BaseException as exc:
         await _abort(context, emit, exc, usage)
         raise
@@ -153,17 +157,14 @@ async def play_turn(
         current_turn_id.reset(token)
         context._busy = False
 
-    new_messages = list(context.messages[start:])
-    result = TurnResult(
-        text=_last_text(new_messages),
+    return TurnResult(
+        text=text,
         tool_calls=tool_calls,
         messages=new_messages,
         usage=usage,
         stop_reason=stop_reason,
         turn_id=turn_id,
     )
-    await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=result.text)])
-    return result
 
 
 async def _stream_reply(
@@ -188,7 +189,9 @@ async def _stream_reply(
                 if published:
                     await emit(published)
     except BaseException:
-        if state.text or state.reasoning:
+        # Only text is kept: a reply holding nothing but reasoning is not a valid
+        # assistant message for every provider, and unfinished tool calls never ran.
+        if state.text:
             partial = assemble(state)
             partial = msgspec.structs.replace(partial, tool_calls=[], aborted=True)
             context.append(partial)

@@ -31,6 +31,7 @@ from .._messages import (
     AssistantMessage,
     Message,
     SystemMessage,
+    ToolCall,
     ToolMessage,
     Usage,
     UserMessage,
@@ -126,7 +127,7 @@ def _wire_message(message: Message) -> _WireMessage:
                 type="function",
                 function=_WireFunctionCall(
                     name=call.name,
-                    arguments=call.arguments_raw or _encoder.encode(call.arguments).decode(),
+                    arguments=_arguments_text(call),
                 ),
             )
             for call in message.tool_calls
@@ -142,6 +143,15 @@ def _wire_message(message: Message) -> _WireMessage:
     if isinstance(message, SystemMessage):
         return _WireSystem(content=message.content)
     raise TypeError(f"not a trurn message: {type(message).__name__}")
+
+
+def _arguments_text(call: ToolCall) -> str:
+    # The model's own text when it was valid JSON (byte-exact history keeps prompt
+    # caches warm); "{}" otherwise, since servers may reject a history holding
+    # broken JSON and the tool result already told the model what it sent.
+    if call.arguments_raw and call.arguments_error is None:
+        return call.arguments_raw
+    return _encoder.encode(call.arguments).decode()
 
 
 def _wire_tool(spec: ToolSpec) -> _WireToolDef:
