@@ -103,3 +103,39 @@ def test_python_dash_m_trurn() -> None:
         [sys.executable, "-m", "trurn", "--version"], capture_output=True, text=True, check=True
     )
     assert done.stdout.startswith("trurn ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["run", "--max-steps", "0", "hi"], "must be from 1 to 1000, got 0"),
+        (["run", "--max-steps", "many", "hi"], "not a whole number: 'many'"),
+        (["mock-server", "--port", "99999"], "must be from 1 to 65535, got 99999"),
+    ],
+)
+def test_bad_option_values_are_named(
+    capsys: pytest.CaptureFixture[str], argv: list[str], complaint: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        _cli.main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert complaint in err
+    assert "Traceback" not in err
+
+
+def test_mock_server_on_a_taken_port_is_a_one_line_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "trurn", "mock-server", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "trurn: error: Address already in use"

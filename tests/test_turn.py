@@ -446,3 +446,109 @@ async def test_cancel_after_reasoning_only_keeps_no_empty_assistant_message(
     with trio.move_on_after(1):
         await trurn.Agent(provider).run_turn(context, "x")
     assert list(context.messages) == [UserMessage("x")]
+
+
+# --- callbacks that fail, interrupts -----------------------------------------------------
+
+
+async def test_a_failing_on_event_ends_the_turn_with_its_own_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken(event: events.Event) -> None:
+        if isinstance(event, events.ToolCallStarted):
+            raise ValueError("callback bug in the UI")
+
+    provider = FakeProvider(
+        [tool_reply(("c1", "get_weather", '{"city": "A"}'), ("c2", "get_weather", "{}"))]
+    )
+    agent = trurn.Agent(provider, tools=[get_weather])
+    context = trurn.Context()
+    async with agent.subscribe(policy="drop", max_buffer=64) as stream:
+        with pytest.raises(ValueError, match="callback bug in the UI"):
+            await agent.run_turn(context, "x", on_event=broken)
+        seen = [stream.receive_nowait() for _ in range(stream.statistics().current_buffer_used)]
+    assert_valid_history(context.messages)
+    # The model never saw the UI's bug as a tool result.
+    assert all(
+        "callback bug" not in m.content for m in context.messages if isinstance(m, ToolMessage)
+    )
+    assert [e.__struct_config__.tag for e in seen][-2:] == ["run_aborted", "turn_finished"]
+    [error] = [e for e in seen if isinstance(e, events.Error)]
+    assert error.error_type == "ValueError"
+    assert "callback bug" not in error.message  # not a trurn error: only its type is published
+
+
+async def test_a_failing_on_progress_or_policy_keeps_the_history_valid(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def on_progress(content: str, *, tool_hint: bool = False) -> None:
+        raise LookupError("progress sink gone")
+
+    provider = FakeProvider([tool_reply(("c1", "get_weather", '{"city": "A"}'))])
+    context = trurn.Context()
+    agent = trurn.Agent(provider, tools=[get_weather])
+    with pytest.raises(LookupError, match="progress sink gone"):
+        await agent.run_turn(context, "x", on_progress=on_progress)
+    assert_valid_history(context.messages)
+    last = context.messages[-1]
+    assert isinstance(last, ToolMessage)
+    assert (last.status, "LookupError" in last.content) == ("error", True)
+
+    class Broken:
+        async def should_continue(self, iteration: int, tool_calls: object) -> bool:
+            raise RuntimeError("policy bug")
+
+    agent = trurn.Agent(FakeProvider([]), iteration_policy=Broken())
+    with pytest.raises(RuntimeError, match="policy bug"):
+        await agent.run_turn(trurn.Context(), "x")
+
+
+async def test_keyboard_interrupt_in_a_tool_comes_out_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @trurn.tool
+    async def interrupt() -> str:
+        """Simulates Ctrl-C arriving inside a tool."""
+        raise KeyboardInterrupt
+
+    provider = FakeProvider([tool_reply(("c1", "interrupt", "{}"), ("c2", "get_weather", "{}"))])
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    agent = trurn.Agent(provider, tools=[interrupt, get_weather])
+    with pytest.raises(KeyboardInterrupt):
+        await agent.run_turn(context, "x", on_event=seen.append)
+    assert_valid_history(context.messages)
+    aborted = [e for e in seen if isinstance(e, events.RunAborted)]
+    assert [e.reason for e in aborted] == ["interrupted"]
+
+
+async def test_cancel_while_announcing_a_finished_tool_keeps_its_result(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([tool_reply(("c1", "get_weather", '{"city": "A"}'))])
+    agent = trurn.Agent(provider, tools=[get_weather])
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    # turn_started, message_sent, 2 x tool_call_delta, assistant_final, tool_call: six
+    # events fit; the publish of tool_exit then waits on this subscriber until cancelled.
+    async with agent.subscribe(max_buffer=6, policy="wait"):
+        with trio.move_on_after(5) as scope:
+            await agent.run_turn(context, "x", on_event=seen.append)
+    assert scope.cancelled_caught
+    [result] = [m for m in context.messages if isinstance(m, ToolMessage)]
+    assert (result.tool_call_id, result.status) == ("c1", "ok")
+    exits = [e for e in seen if isinstance(e, events.ToolExit)]
+    assert all(e.status == "ok" for e in exits)
+
+
+async def test_an_empty_reply_leaves_a_history_the_next_turn_can_use(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([[[Finish("stop")]], text_reply("second")])
+    agent = trurn.Agent(provider)
+    context = trurn.Context()
+    await agent.run_turn(context, "one")
+    result = await agent.run_turn(context, "two")
+    assert result.text == "second"
+    sent = provider.requests[1].messages
+    assert [type(m).__name__ for m in sent] == ["UserMessage", "AssistantMessage", "UserMessage"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TextIO
 
@@ -26,6 +26,9 @@ from ._version import __version__
 from .providers import OpenAIChat
 from .testing import demo_model, open_scripted_server, serve_scripted_server
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = ["main"]
 
 _OFFLINE_MODEL = "trurn-offline"
@@ -37,6 +40,21 @@ _FORECASTS = ["sunny, 22°C", "light rain, 14°C", "cloudy, 17°C", "clear skies
 def get_weather(city: str) -> str:
     """Get the current weather for a city (a demo tool: the forecast is made up)."""
     return f"{_FORECASTS[sum(map(ord, city.lower())) % len(_FORECASTS)]} (demo data)"
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,10 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         help="environment variable holding the API key (default: OPENAI_API_KEY)",
     )
     run.add_argument("--system", help="system prompt")
-    run.add_argument("--max-steps", type=int, default=10, help="model calls at most (default 10)")
+    run.add_argument(
+        "--max-steps", type=_int_in(1, 1000), default=10, help="model calls at most (default 10)"
+    )
 
     serve = commands.add_parser("mock-server", help="serve the offline model over HTTP")
-    serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    serve.add_argument(
+        "--port", type=_int_in(1, 65535), default=8000, help="port on 127.0.0.1 (default 8000)"
+    )
     return parser
 
 
@@ -124,6 +146,13 @@ async def _serve(port: int, out: TextIO) -> int:
     return 0
 
 
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``, also when trio's nurseries wrapped it in a group."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trurn`` command; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -135,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrurnError as exc:
         out.flush()
         print(f"trurn: error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, BaseExceptionGroup) as exc:  # e.g. the port of mock-server is taken
+        error = _os_error(exc)
+        if error is None:
+            raise
+        print(f"trurn: error: {error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         out.flush()

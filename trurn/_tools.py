@@ -260,11 +260,18 @@ def tool_map(tools: Iterable[BaseTool | Callable[..., Any]]) -> dict[str, BaseTo
     return found
 
 
-async def run_tool_call(call: ToolCall, tools: Mapping[str, BaseTool], emit: Emit) -> ToolMessage:
+async def run_tool_call(
+    call: ToolCall,
+    tools: Mapping[str, BaseTool],
+    emit: Emit,
+    record: Callable[[ToolMessage], None] = lambda result: None,
+) -> ToolMessage:
     """Run one tool call and return its result as the model will read it.
 
     Emits ``tool_call`` first, then the tool's ``tool_output``\\ s, then ``error`` if it
     failed and ``tool_exit`` last, each with ``seq=0, turn_id=""`` for ``emit`` to stamp.
+    ``record`` gets the result before ``tool_exit`` is published, so a cancel that lands
+    while it is being announced cannot lose a result the tool already produced.
     An unknown tool, arguments that are not JSON or do not fit the schema, and any
     ``Exception`` from the tool give an ``"error"`` result naming what went wrong (never
     a traceback). A checkpoint on every path.
@@ -278,13 +285,13 @@ async def run_tool_call(call: ToolCall, tools: Mapping[str, BaseTool], emit: Emi
     if found is None:
         available = ", ".join(sorted(tools)) or "none"
         content = f"Unknown tool {call.name!r}. Available tools: {available}."
-        return await _fail(call, emit, content, "UnknownTool")
+        return await _fail(call, emit, record, content, "UnknownTool")
     if call.arguments_error is not None:
         content = (
             f"The arguments for tool {call.name!r} were not valid JSON "
             f"({call.arguments_error}). Received: {_excerpt(call.arguments_raw)}"
         )
-        return await _fail(call, emit, content, "InvalidArguments")
+        return await _fail(call, emit, record, content, "InvalidArguments")
 
     ctx = ToolContext(call, emit)
     try:
@@ -294,31 +301,41 @@ async def run_tool_call(call: ToolCall, tools: Mapping[str, BaseTool], emit: Emi
             ctx._closed = True
     except ToolArgumentsError as exc:
         content = f"Invalid arguments for tool {call.name!r}: {exc}"
-        return await _fail(call, emit, content, "ValidationError")
+        return await _fail(call, emit, record, content, "ValidationError")
     except ToolError as exc:
-        return await _fail(call, emit, str(exc) or type(exc).__name__, type(exc).__name__)
+        content = str(exc) or type(exc).__name__
+        return await _fail(call, emit, record, content, type(exc).__name__)
     except Exception as exc:
-        return await _fail(call, emit, _exception_text(exc), type(exc).__name__)
-    return await _finish(call, emit, "ok", _result_text(result), [])
+        return await _fail(call, emit, record, _exception_text(exc), type(exc).__name__)
+    return await _finish(call, emit, record, "ok", _result_text(result), [])
 
 
-async def _fail(call: ToolCall, emit: Emit, content: str, error_type: str) -> ToolMessage:
+async def _fail(
+    call: ToolCall,
+    emit: Emit,
+    record: Callable[[ToolMessage], None],
+    content: str,
+    error_type: str,
+) -> ToolMessage:
     error = events.Error(message=content, error_type=error_type, tool_call_id=call.id)
-    return await _finish(call, emit, "error", content, [error])
+    return await _finish(call, emit, record, "error", content, [error])
 
 
 async def _finish(
     call: ToolCall,
     emit: Emit,
+    record: Callable[[ToolMessage], None],
     status: ToolStatus,
     content: str,
     before: list[events.BaseEvent],
 ) -> ToolMessage:
+    result = ToolMessage(tool_call_id=call.id, name=call.name, content=content, status=status)
+    record(result)
     exit_event = events.ToolExit(
         tool_call_id=call.id, name=call.name, status=status, content=content
     )
     await emit([*before, exit_event])
-    return ToolMessage(tool_call_id=call.id, name=call.name, content=content, status=status)
+    return result
 
 
 # --- pure helpers -------------------------------------------------------------------------

@@ -18,8 +18,8 @@ valid to send to the provider again, and publishes ``run_aborted`` then
 from __future__ import annotations
 
 import contextvars
-import inspect
 import secrets
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +42,9 @@ from ._messages import (
 from ._stream import StreamState, assemble, reduce_stream
 from ._tools import run_tool_call
 from .providers import Request
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -92,8 +95,6 @@ current_turn_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "trurn_current_turn_id", default=None
 )
 
-_CUT_OFF = {"length", "content_filter"}
-
 
 async def play_turn(
     agent: Agent,
@@ -117,39 +118,43 @@ async def play_turn(
     parent_turn_id = current_turn_id.get()
     token = current_turn_id.set(turn_id)
     try:
-        await emit([events.TurnStarted(input=message, parent_turn_id=parent_turn_id)])
-        context.append(UserMessage(message))
-        for iteration in range(agent.max_steps):
-            policy = agent.iteration_policy
-            if policy is not None and not await policy.should_continue(iteration, tool_calls):
-                stop_reason = "policy"
-                break
+        # The emitter cancels this scope if ``on_event`` raises; the error is re-raised below.
+        with emit.scope:
+            await emit([events.TurnStarted(input=message, parent_turn_id=parent_turn_id)])
+            context.append(UserMessage(message))
+            for iteration in range(agent.max_steps):
+                policy = agent.iteration_policy
+                if policy is not None and not await policy.should_continue(iteration, tool_calls):
+                    stop_reason = "policy"
+                    break
 
-            reply = await _stream_reply(agent, context, emit, step=iteration + 1)
-            if reply.usage is not None:
-                usage += reply.usage
-            tool_calls.extend(reply.tool_calls)
+                reply = await _stream_reply(agent, context, emit, step=iteration + 1)
+                if reply.usage is not None:
+                    usage += reply.usage
+                tool_calls.extend(reply.tool_calls)
 
-            if reply.finish_reason in _CUT_OFF:
-                # A cut-off reply's tool calls may be truncated: do not run them.
-                closed = context.close_tool_calls(
-                    "error", f"Not run: the reply was cut off ({reply.finish_reason})."
-                )
-                if closed:
-                    await emit([_exit_event(result) for result in closed])
-                stop_reason = reply.finish_reason or "length"
-                break
-            if not reply.tool_calls:
-                stop_reason = "completed"
-                break
+                if reply.finish_reason == "length" or reply.finish_reason == "content_filter":
+                    # A cut-off reply's tool calls may be truncated: do not run them.
+                    closed = context.close_tool_calls(
+                        "error", f"Not run: the reply was cut off ({reply.finish_reason})."
+                    )
+                    if closed:
+                        await emit([_exit_event(result) for result in closed])
+                    stop_reason = reply.finish_reason
+                    break
+                if not reply.tool_calls:
+                    stop_reason = "completed"
+                    break
 
-            if on_progress is not None:
-                await _report_progress(on_progress, reply)
-            await _run_tools(agent, context, emit, reply.tool_calls)
+                if on_progress is not None:
+                    await _report_progress(on_progress, reply)
+                await _run_tools(agent, context, emit, reply.tool_calls)
 
-        new_messages = list(context.messages[start:])
-        text = _last_text(new_messages)
-        await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=text)])
+            new_messages = list(context.messages[start:])
+            text = _last_text(new_messages)
+            await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=text)])
+        if emit.callback_error is not None:
+            raise emit.callback_error
     except BaseException as exc:
         await _abort(context, emit, exc, usage)
         raise
@@ -228,13 +233,24 @@ async def _run_tools(
     limiter = trio.CapacityLimiter(agent.max_concurrent_tools)
 
     async def run_one(position: int, call: ToolCall) -> None:
+        def record(result: ToolMessage) -> None:
+            results[position] = result
+
         async with limiter:
-            results[position] = await run_tool_call(call, agent.tools, emit)
+            await run_tool_call(call, agent.tools, emit, record)
 
     try:
         async with trio.open_nursery() as nursery:
             for position, call in enumerate(calls):
                 nursery.start_soon(run_one, position, call)
+    except BaseExceptionGroup as group:
+        # Tools report their own errors as results, so what comes out of the nursery is
+        # cancellation or something fatal (KeyboardInterrupt): raise that one exception
+        # rather than a group around it.
+        _, fatal = group.split(trio.Cancelled)
+        if fatal is not None and len(fatal.exceptions) == 1:
+            raise fatal.exceptions[0] from None
+        raise
     finally:
         context.extend(result for result in results if result is not None)
 
@@ -256,28 +272,47 @@ def _tool_hint(call: ToolCall) -> str:
 
 
 async def _abort(context: Context, emit: _Emitter, exc: BaseException, usage: Usage) -> None:
-    """Leave a valid history and the closing events after a cancel or an error."""
-    cancelled = isinstance(exc, trio.Cancelled) or not isinstance(exc, Exception)
+    """Leave a valid history and the closing events after a cancel or an error.
+
+    The history is repaired first (synchronously), so nothing the callbacks do here can
+    leave a tool call without a result.
+    """
+    reason = _abort_reason(exc)
     status: ToolStatus
-    if cancelled:
-        reason, status, content = "cancelled", "cancelled", "Cancelled: the turn was cancelled."
+    if reason == "error":
+        status, content = "error", f"Not run: the turn stopped on an error ({_describe(exc)})."
     else:
-        reason, status = "error", "error"
-        content = f"Not run: the turn stopped on an error ({type(exc).__name__})."
-        await emit.final([events.Error(message=_describe(exc), error_type=type(exc).__name__)])
-    closing: list[events.BaseEvent] = [
-        _exit_event(result) for result in context.close_tool_calls(status, content)
-    ]
+        status, content = "cancelled", f"Cancelled: the turn was {reason}."
+    closing: list[events.BaseEvent] = []
+    if reason == "error":
+        closing.append(events.Error(message=_describe(exc), error_type=type(exc).__name__))
+    closing.extend(_exit_event(result) for result in context.close_tool_calls(status, content))
     closing.append(events.RunAborted(reason=reason))
-    stop_reason = "aborted" if cancelled else "error"
+    stop_reason = "error" if reason == "error" else "aborted"
     closing.append(events.TurnFinished(stop_reason=stop_reason, usage=usage))
     await emit.final(closing)
 
 
+def _abort_reason(exc: BaseException) -> str:
+    """``"cancelled"``, ``"interrupted"`` (KeyboardInterrupt, SystemExit) or ``"error"``."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        if rest is None:
+            return "cancelled"
+        exc = rest.exceptions[0]
+    if isinstance(exc, trio.Cancelled):
+        return "cancelled"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    return "error"
+
+
 def _describe(exc: BaseException) -> str:
+    # trurn's own errors are written to be shown (no secrets in them); anything else
+    # may carry a URL or a header, so only its type is published.
     if isinstance(exc, TrurnError):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
 
 
 def _exit_event(result: ToolMessage) -> events.ToolExit:
@@ -297,20 +332,25 @@ def _last_text(messages: Sequence[Message]) -> str | None:
 
 
 class _Emitter:
-    """Stamps events with the agent's next ``seq`` and the turn id, then publishes them.
+    """Stamps events with the agent's next ``seq`` and the turn id, then publishes them
+    to the agent's subscribers and to the turn's ``on_event`` callback, in that order.
 
-    Publishing goes through one lock per agent so that events leave in ``seq`` order
-    even when concurrent tools emit while a subscriber applies backpressure. The
-    lock is taken without a checkpoint when it is free, so a batch costs exactly the
-    one checkpoint of :meth:`Broadcast.publish`.
+    One lock per agent keeps events leaving in ``seq`` order even when concurrent tools
+    emit while a subscriber applies backpressure; it is taken without a checkpoint when
+    free, so a batch costs the one checkpoint of :meth:`Broadcast.publish` (plus what an
+    async ``on_event`` awaits). If ``on_event`` raises, the error is kept in
+    ``callback_error`` and ``scope`` (the turn's cancel scope) is cancelled: a broken
+    callback ends the turn instead of turning into a tool result the model reads.
     """
 
-    __slots__ = ("_agent", "_on_event", "_turn_id")
+    __slots__ = ("_agent", "_on_event", "_turn_id", "callback_error", "scope")
 
     def __init__(self, agent: Agent, turn_id: str, on_event: OnEvent | None) -> None:
         self._agent = agent
         self._turn_id = turn_id
         self._on_event = on_event
+        self.scope = trio.CancelScope()
+        self.callback_error: Exception | None = None
 
     def _stamp(self, batch: Sequence[events.BaseEvent]) -> None:
         agent = self._agent
@@ -322,6 +362,19 @@ class _Emitter:
             event.turn_id = turn_id
         agent._seq = seq
 
+    async def _call_back(self, batch: Sequence[events.BaseEvent]) -> None:
+        on_event = self._on_event
+        if on_event is None or self.callback_error is not None:
+            return
+        try:
+            for event in batch:
+                outcome = on_event(event)  # type: ignore[arg-type]
+                if outcome is not None:
+                    await outcome
+        except Exception as exc:
+            self.callback_error = exc
+            self.scope.cancel()
+
     async def __call__(self, batch: Sequence[events.BaseEvent]) -> None:
         lock = self._agent._publish_lock
         try:
@@ -330,25 +383,17 @@ class _Emitter:
             await lock.acquire()
         try:
             self._stamp(batch)
-            if self._on_event is not None:
-                for event in batch:
-                    outcome = self._on_event(event)  # type: ignore[arg-type]
-                    if inspect.isawaitable(outcome):
-                        await outcome
             await self._agent._hub.publish(batch)  # type: ignore[arg-type]
+            await self._call_back(batch)
         finally:
             lock.release()
 
     async def final(self, batch: Sequence[events.BaseEvent]) -> None:
         """Publish while the turn is being torn down: shielded, and never waiting for
         a subscriber (a full one has older events evicted, see
-        :meth:`Broadcast.publish_nowait`). An ``on_event`` callback still gets every
-        event, so it must not block indefinitely."""
+        :meth:`Broadcast.publish_nowait`). ``on_event`` still gets every event (unless
+        it already failed), so it must not block indefinitely."""
         with trio.CancelScope(shield=True):
             self._stamp(batch)
             self._agent._hub.publish_nowait(batch)  # type: ignore[arg-type]
-            if self._on_event is not None:
-                for event in batch:
-                    outcome = self._on_event(event)  # type: ignore[arg-type]
-                    if inspect.isawaitable(outcome):
-                        await outcome
+            await self._call_back(batch)
