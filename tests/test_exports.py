@@ -22,6 +22,8 @@ PUBLIC = {
     "MalformedStreamError",
     "Message",
     "NotFoundError",
+    "OnEvent",
+    "OnProgress",
     "Nucleus",
     "OverloadedError",
     "PermissionDeniedError",

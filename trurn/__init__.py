@@ -46,6 +46,8 @@ from ._tools import FunctionTool as FunctionTool
 from ._tools import ToolContext as ToolContext
 from ._tools import tool as tool
 from ._turn import IterationPolicy as IterationPolicy
+from ._turn import OnEvent as OnEvent
+from ._turn import OnProgress as OnProgress
 from ._turn import TurnResult as TurnResult
 from ._version import __version__ as __version__
 
@@ -65,6 +67,8 @@ __all__ = [
     "Message",
     "NotFoundError",
     "Nucleus",
+    "OnEvent",
+    "OnProgress",
     "OverloadedError",
     "PermissionDeniedError",
     "ProviderConnectionError",
