@@ -15,6 +15,9 @@ Two kinds of reader: ``"receive"`` awaits ``receive()`` once per event, which is
 schedule point per event whatever the publisher does; ``"drain"`` awaits one
 ``receive()`` and then takes what is already buffered with ``receive_nowait()``, as a
 subscriber that renders or forwards events in batches would.
+
+:func:`readers_only_seconds` times the readers alone, on channels filled beforehand: no
+publisher at all. It bounds what any publisher can achieve with those readers.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ import trio.testing
 
 import trurn
 
-__all__ = ["Policy", "Reader", "hub_seconds", "naive_seconds"]
+__all__ = [
+    "Policy",
+    "Reader",
+    "hub_seconds",
+    "naive_seconds",
+    "readers_only_seconds",
+]
 
 Reader = Literal["receive", "drain"]
 Policy = Literal["wait", "drop"]
@@ -120,9 +129,23 @@ async def _naive_run(events: int, batch: int, subscribers: int, reader: Reader) 
     return elapsed
 
 
-def hub_seconds(
-    events: int, batch: int, subscribers: int, policy: Policy, reader: Reader
-) -> float:
+async def _readers_only_run(events: int, subscribers: int, reader: Reader) -> float:
+    counts = [-1] * subscribers
+    pairs = [trio.open_memory_channel[int](events) for _ in range(subscribers)]
+    for send, _ in pairs:
+        for event in range(events):
+            send.send_nowait(event)
+        send.close()
+    start = time.process_time()
+    async with trio.open_nursery() as nursery:
+        for slot, (_, receive) in enumerate(pairs):
+            nursery.start_soon(_READERS[reader], receive, counts, slot)
+    elapsed = time.process_time() - start
+    _check(counts, events, "readers only")
+    return elapsed
+
+
+def hub_seconds(events: int, batch: int, subscribers: int, policy: Policy, reader: Reader) -> float:
     """CPU seconds for trurn's Broadcast to deliver ``events`` to every subscriber."""
     return trio.run(_hub_run, events, batch, subscribers, policy, reader)
 
@@ -130,3 +153,8 @@ def hub_seconds(
 def naive_seconds(events: int, batch: int, subscribers: int, reader: Reader) -> float:
     """CPU seconds for the naive per-subscriber ``await send()`` loop to do the same."""
     return trio.run(_naive_run, events, batch, subscribers, reader)
+
+
+def readers_only_seconds(events: int, subscribers: int, reader: Reader) -> float:
+    """CPU seconds for the readers alone to take ``events`` each from full channels."""
+    return trio.run(_readers_only_run, events, subscribers, reader)

@@ -1,15 +1,15 @@
 """Serve the benchmark conversation from trurn's scripted server, in a process of its own.
 
 ``python benchmarks/_server.py [--chunk-delay SECONDS]`` listens on a free port of
-127.0.0.1, prints that port on one line, then serves until it is terminated or its
-parent process goes away. Running the server apart from the client keeps its CPU time
+127.0.0.1, prints that port on one line, then serves until its standard input ends:
+the benchmark closes it to stop the server, and the system closes it if the benchmark
+dies, so the server never outlives it. Running the server apart from the client keeps its CPU time
 out of the client's ``process_time()``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 
@@ -24,9 +24,6 @@ from _scenario import (
 
 from trurn.testing import ChatRequest, Reply, ScriptedToolCall, serve_scripted_server
 
-# How often the server checks that the benchmark that started it is still alive.
-_PARENT_POLL = 0.5
-
 
 def make_script(chunk_delay: float) -> Callable[[ChatRequest], Reply]:
     """The model's side of the conversation: tool call, tool call, final text.
@@ -38,28 +35,20 @@ def make_script(chunk_delay: float) -> Callable[[ChatRequest], Reply]:
     def script(request: ChatRequest) -> Reply:
         answered = sum(1 for message in request.messages if message.role == "tool")
         if answered < len(TOOL_KEYS):
-            call = ScriptedToolCall(
-                TOOL_NAME, {"key": TOOL_KEYS[answered]}, chunks=ARGUMENT_CHUNKS
-            )
+            call = ScriptedToolCall(TOOL_NAME, {"key": TOOL_KEYS[answered]}, chunks=ARGUMENT_CHUNKS)
             return Reply(tool_calls=[call], chunk_delay=chunk_delay)
         return Reply(FINAL_TEXT, text_chunks=FINAL_TEXT_CHUNKS, chunk_delay=chunk_delay)
 
     return script
 
 
-async def _watch_parent(parent: int, cancel_scope: trio.CancelScope) -> None:
-    # A benchmark killed without cleanup must not leave its server behind.
-    while os.getppid() == parent:
-        await trio.sleep(_PARENT_POLL)
-    cancel_scope.cancel()
-
-
 async def serve(chunk_delay: float) -> None:
-    parent = os.getppid()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_scripted_server, make_script(chunk_delay))
         print(server.port, flush=True)
-        nursery.start_soon(_watch_parent, parent, nursery.cancel_scope)
+        # Blocks in a worker thread until end of file; nothing is expected on stdin.
+        await trio.to_thread.run_sync(sys.stdin.buffer.read, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
 
 
 def main() -> None:

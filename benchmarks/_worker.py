@@ -10,6 +10,12 @@ stops early or skips a tool call fails loudly instead of looking fast.
 
 The baseline worker never imports trurn, so its peak RSS is that of a bare
 trio + httpx + msgspec client.
+
+The report also says how much of that CPU went to httpcore's connection-pool
+bookkeeping (``AsyncConnectionPool._assign_requests_to_connections``, run on every
+request and every response close, and quadratic in the number of idle connections), by
+timing that one method: at high concurrency it dominates both clients, and the figure
+lets run.py show what remains.
 """
 
 from __future__ import annotations
@@ -19,15 +25,23 @@ import cProfile
 import gc
 import json
 import resource
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 
+import httpcore
 import httpx
 import trio
 from _scenario import CHUNKS_PER_TURN, FINAL_TEXT, TOOL_KEYS, USER_MESSAGE
 
 CLIENTS = ("baseline", "trurn", "trurn-subscriber")
+_POOL_BOOKKEEPING = "_assign_requests_to_connections"
 
 Turn = Callable[[], Awaitable[None]]
 
@@ -91,6 +105,62 @@ async def play_rounds(turn: Turn, concurrency: int, rounds: int) -> None:
                 nursery.start_soon(turn)
 
 
+@contextmanager
+def timing_pool_bookkeeping() -> Iterator[list[float] | None]:
+    """Sum the CPU time spent in httpcore's pool bookkeeping while the block runs.
+
+    Yields a one-item list holding the seconds so far, or None if this httpcore has no
+    such method (the wrapper only times the calls; it changes nothing they do).
+    """
+    pool_class = getattr(httpcore, "AsyncConnectionPool", None)
+    original = getattr(pool_class, _POOL_BOOKKEEPING, None)
+    if pool_class is None or original is None:
+        yield None
+        return
+    spent = [0.0]
+
+    def timed(pool: object) -> object:
+        start = time.process_time()
+        try:
+            return original(pool)
+        finally:
+            spent[0] += time.process_time() - start
+
+    setattr(pool_class, _POOL_BOOKKEEPING, timed)
+    try:
+        yield spent
+    finally:
+        setattr(pool_class, _POOL_BOOKKEEPING, original)
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts task steps: how many times the scheduler resumed a task."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+@contextmanager
+def profiling(path: str | None) -> Iterator[_TaskSteps | None]:
+    """cProfile the block into ``path`` and count its task steps; nothing if ``path`` is None."""
+    if path is None:
+        yield None
+        return
+    steps = _TaskSteps()
+    profiler = cProfile.Profile()
+    trio.lowlevel.add_instrument(steps)
+    profiler.enable()
+    try:
+        yield steps
+    finally:
+        profiler.disable()
+        trio.lowlevel.remove_instrument(steps)
+        profiler.dump_stats(path)
+
+
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     async with open_http_client(args.concurrency) as http:
         turns: AbstractAsyncContextManager[Turn]
@@ -101,27 +171,41 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             turns = trurn_turns(http, args.base_url, subscriber=subscriber)
         async with turns as turn:
             await play_rounds(turn, args.concurrency, args.warmup_rounds)
-            profiler = cProfile.Profile() if args.profile else None
             gc.collect()
-            wall = time.perf_counter()
-            cpu = time.process_time()
-            if profiler is not None:
-                profiler.enable()
-            await play_rounds(turn, args.concurrency, args.rounds)
-            if profiler is not None:
-                profiler.disable()
-            cpu = time.process_time() - cpu
-            wall = time.perf_counter() - wall
-    if profiler is not None:
-        profiler.dump_stats(args.profile)
+            with profiling(args.profile) as steps, timing_pool_bookkeeping() as pool:
+                wall = time.perf_counter()
+                cpu = time.process_time()
+                await play_rounds(turn, args.concurrency, args.rounds)
+                cpu = time.process_time() - cpu
+                wall = time.perf_counter() - wall
     return {
         "client": args.client,
         "turns": args.concurrency * args.rounds,
         "cpu_s": cpu,
         "wall_s": wall,
-        # Linux reports ru_maxrss in KiB.
-        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "max_rss_kib": peak_rss_kib(),
+        "pool_cpu_s": None if pool is None else pool[0],
+        "task_steps": None if steps is None else steps.count,
     }
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory, in KiB.
+
+    ``VmHWM`` is reset when a process calls exec; ``ru_maxrss`` is not (Linux keeps the
+    larger of the parent's RSS at fork time and the child's own), so it is only the
+    fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss // 1024 if sys.platform == "darwin" else maxrss
 
 
 def main() -> None:
@@ -131,7 +215,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup-rounds", type=int, default=1)
-    parser.add_argument("--profile", metavar="PATH", help="cProfile the timed rounds into PATH")
+    parser.add_argument(
+        "--profile", metavar="PATH", help="cProfile the timed rounds into PATH, count task steps"
+    )
     args = parser.parse_args()
     if args.concurrency < 1 or args.rounds < 1 or args.warmup_rounds < 0:
         parser.error("--concurrency and --rounds must be >= 1, --warmup-rounds >= 0")

@@ -104,17 +104,27 @@ class Agent:
         on_progress: OnProgress | None = None,
     ) -> TurnResult:
         """Run one turn: add ``message`` to ``context`` and talk to the model until it
-        answers without tools or a limit stops the turn.
+        answers without tools or a limit stops the turn. Always a checkpoint.
 
         The new messages are appended to ``context`` as they happen. ``on_event`` is
-        called with every event of this turn, in order (sync or async; the turn waits
-        for it). ``on_progress`` gets exoclaw-style progress: the model's interim text
-        and a tool hint (``name("arg")``) whenever it calls tools.
+        called with every event of this turn, in ``seq`` order, after the subscribers
+        got it (sync or async; the turn waits for it). ``on_progress`` gets
+        exoclaw-style progress: the model's interim text and a tool hint
+        (``name("arg")``) whenever it calls tools.
 
-        Provider errors (:class:`~trurn.ProviderError`) are raised after the turn
-        published ``error``, ``run_aborted`` and ``turn_finished``. Cancelling the
-        caller cancels the turn: the stream and the tools stop, every tool call gets a
-        ``"cancelled"`` result, and ``run_aborted`` / ``turn_finished`` are published.
+        Whatever ends a turn early, the history is left valid to send again (every
+        tool call has a result) and ``run_aborted`` then ``turn_finished`` are
+        published, so subscribers always see the end of a turn:
+
+        - Cancelling the caller cancels the turn: the stream and the tools stop, and
+          unfinished tool calls get a ``"cancelled"`` result. ``on_event`` is still
+          called (shielded) with the closing events, so it must not block forever.
+        - A :class:`~trurn.ProviderError` (HTTP error, broken stream) is raised after an
+          ``error`` event; text that had streamed is kept as an aborted reply.
+        - An exception from ``on_event``, ``on_progress`` or the iteration policy ends
+          the turn and is raised as it is; it never reaches the model as a tool result.
+
+        Raises ``RuntimeError`` if a turn is already running on ``context``.
         """
         return await play_turn(self, context, message, on_event=on_event, on_progress=on_progress)
 
