@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
@@ -552,3 +553,41 @@ async def test_an_empty_reply_leaves_a_history_the_next_turn_can_use(
     assert result.text == "second"
     sent = provider.requests[1].messages
     assert [type(m).__name__ for m in sent] == ["UserMessage", "AssistantMessage", "UserMessage"]
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts how often the task running a turn is scheduled (once per checkpoint)."""
+
+    def __init__(self) -> None:
+        self.task: trio.lowlevel.Task | None = None
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def turn_steps(subscribers: int, batches: int) -> int:
+    reply = [[TextDelta("x"), TextDelta("y")] for _ in range(batches)] + [[Finish("stop")]]
+    agent = trurn.Agent(FakeProvider([reply]))
+    counter = StepCounter()
+    async with AsyncExitStack() as stack:
+        for _ in range(subscribers):
+            await stack.enter_async_context(agent.subscribe(policy="drop", max_buffer=10_000))
+        trio.lowlevel.add_instrument(counter)
+        try:
+            counter.task = trio.lowlevel.current_task()
+            await agent.run_turn(trurn.Context(), "x")
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+    return counter.steps
+
+
+async def test_publishing_costs_no_checkpoint_per_subscriber_or_event() -> None:
+    # The fake provider checkpoints once per batch it yields; the turn adds one per
+    # published batch, whatever the number of events in it or of subscribers.
+    one = await turn_steps(subscribers=1, batches=10)
+    four = await turn_steps(subscribers=4, batches=10)
+    longer = await turn_steps(subscribers=4, batches=20)
+    assert one == four
+    assert longer - four == 2 * 10  # ten more batches: one provider + one publish step each
