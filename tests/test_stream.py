@@ -9,7 +9,7 @@ import pytest
 from trurn import events
 from trurn._chunks import Chunk, Finish, ReasoningDelta, TextDelta, ThinkingSignature, ToolCallDelta
 from trurn._messages import AssistantMessage, Usage
-from trurn._stream import StreamState, assemble, parse_arguments, reduce_stream
+from trurn._stream import StreamState, assemble, joined, parse_arguments, reduce_stream
 
 
 def fold(chunks: Sequence[Chunk]) -> tuple[AssistantMessage, list[events.BaseEvent]]:
@@ -32,10 +32,13 @@ def test_text_deltas_become_events_and_text() -> None:
 
 
 def test_reducer_does_not_mutate_its_input() -> None:
-    state = StreamState()
-    after = reduce_stream(state, TextDelta("x")).state
-    assert state.text == ""
-    assert after.text == "x"
+    state = reduce_stream(StreamState(), TextDelta("x")).state
+    after = reduce_stream(state, TextDelta("y")).state
+    assert joined(state.text) == "x"
+    assert joined(after.text) == "xy"
+    # Appending shares what came before instead of copying it (no quadratic growth).
+    assert after.text is not None
+    assert after.text[0] is state.text
 
 
 def test_reasoning_and_usage() -> None:

@@ -22,10 +22,25 @@ from ._chunks import Chunk, Finish, ReasoningDelta, TextDelta, ThinkingSignature
 from ._messages import AssistantMessage, ThinkingBlock, ToolCall, Usage
 from ._nucleus import Transition
 
-__all__ = ["StreamState", "assemble", "parse_arguments", "reduce_stream"]
+__all__ = ["StreamState", "assemble", "joined", "parse_arguments", "reduce_stream"]
 
 _replace = msgspec.structs.replace
-_NO_EVENTS: tuple[events.BaseEvent, ...] = ()
+
+Pieces = tuple["Pieces", str] | None
+"""Text as an immutable linked list of the pieces that streamed, newest first.
+
+Appending is O(1) and shares everything before it, so the reducer stays pure without
+copying the whole text at every delta (which made long replies quadratic)."""
+
+
+def joined(pieces: Pieces) -> str:
+    """The text that ``pieces`` holds, oldest piece first."""
+    parts: list[str] = []
+    while pieces is not None:
+        pieces, piece = pieces
+        parts.append(piece)
+    parts.reverse()
+    return "".join(parts)
 
 
 class PendingCall(msgspec.Struct, frozen=True):
@@ -40,10 +55,10 @@ class PendingCall(msgspec.Struct, frozen=True):
 class StreamState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything one reply has streamed so far."""
 
-    text: str = ""
-    reasoning: str = ""
-    # Where the reasoning of the thinking block that is still open starts.
-    thinking_start: int = 0
+    text: Pieces = None
+    reasoning: Pieces = None
+    # The reasoning of the thinking block that is still open (not signed yet).
+    open_block: Pieces = None
     thinking: tuple[ThinkingBlock, ...] = ()
     calls: tuple[PendingCall, ...] = ()
     usage: Usage | None = None
@@ -56,7 +71,7 @@ def reduce_stream(state: StreamState, chunk: Chunk) -> Transition[StreamState, e
         if not chunk.text:
             return Transition(state)
         return Transition(
-            _replace(state, text=state.text + chunk.text), (events.AssistantDelta(chunk.text),)
+            _replace(state, text=(state.text, chunk.text)), (events.AssistantDelta(chunk.text),)
         )
     if type(chunk) is ToolCallDelta:
         return _reduce_tool_call(state, chunk)
@@ -64,7 +79,11 @@ def reduce_stream(state: StreamState, chunk: Chunk) -> Transition[StreamState, e
         if not chunk.text:
             return Transition(state)
         return Transition(
-            _replace(state, reasoning=state.reasoning + chunk.text),
+            _replace(
+                state,
+                reasoning=(state.reasoning, chunk.text),
+                open_block=(state.open_block, chunk.text),
+            ),
             (events.AssistantReasoningDelta(chunk.text),),
         )
     if type(chunk) is Usage:
@@ -73,13 +92,9 @@ def reduce_stream(state: StreamState, chunk: Chunk) -> Transition[StreamState, e
         return Transition(_replace(state, finish_reason=chunk.reason))
     if type(chunk) is ThinkingSignature:
         block = ThinkingBlock(
-            text=state.reasoning[state.thinking_start :],
-            signature=chunk.signature,
-            redacted=chunk.redacted,
+            text=joined(state.open_block), signature=chunk.signature, redacted=chunk.redacted
         )
-        return Transition(
-            _replace(state, thinking=(*state.thinking, block), thinking_start=len(state.reasoning))
-        )
+        return Transition(_replace(state, thinking=(*state.thinking, block), open_block=None))
     raise TypeError(f"not a stream chunk: {chunk!r}")
 
 
@@ -161,13 +176,13 @@ def assemble(state: StreamState, *, call_id_prefix: str = "call") -> AssistantMe
             )
         )
     thinking = state.thinking
-    if state.thinking_start < len(state.reasoning) and thinking:
+    if thinking and state.open_block is not None:
         # Reasoning after the last signed block (a provider that signs blocks but was cut off).
-        thinking = (*thinking, ThinkingBlock(text=state.reasoning[state.thinking_start :]))
+        thinking = (*thinking, ThinkingBlock(text=joined(state.open_block)))
     return AssistantMessage(
-        content=state.text or None,
+        content=joined(state.text) or None,
         tool_calls=tool_calls,
-        reasoning=state.reasoning or None,
+        reasoning=joined(state.reasoning) or None,
         thinking=list(thinking),
         usage=state.usage,
         finish_reason=state.finish_reason,

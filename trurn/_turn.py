@@ -196,7 +196,7 @@ async def _stream_reply(
     except BaseException:
         # Only text is kept: a reply holding nothing but reasoning is not a valid
         # assistant message for every provider, and unfinished tool calls never ran.
-        if state.text:
+        if state.text is not None:
             partial = assemble(state)
             partial = msgspec.structs.replace(partial, tool_calls=[], aborted=True)
             context.append(partial)
