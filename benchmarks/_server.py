@@ -3,8 +3,8 @@
 ``python benchmarks/_server.py [--chunk-delay SECONDS]`` listens on a free port of
 127.0.0.1, prints that port on one line, then serves until its standard input ends:
 the benchmark closes it to stop the server, and the system closes it if the benchmark
-dies, so the server never outlives it. Running the server apart from the client keeps its CPU time
-out of the client's ``process_time()``.
+dies, so the server never outlives it. Running the server apart from the client keeps
+its CPU time out of the client's ``process_time()``.
 """
 
 from __future__ import annotations

@@ -3,13 +3,13 @@
 ``python benchmarks/_worker.py CLIENT --base-url URL --concurrency C --rounds R``
 
 A round starts ``C`` turns at once in one nursery (``C=1``: a single turn, so rounds
-run sequentially). One warm-up round fills the connection pool and the caches, then
-``R`` rounds are timed with ``time.process_time()``: the CPU time of this process
+run sequentially). Warm-up rounds fill the connection pool and the caches, then ``R``
+rounds are timed with ``time.process_time()``: the CPU time of this process
 only, as the server runs in another. Every turn's result is checked, so a client that
 stops early or skips a tool call fails loudly instead of looking fast.
 
-The baseline worker never imports trurn, so its peak RSS is that of a bare
-trio + httpx + msgspec client.
+The baseline worker never imports trurn (the trurn side is imported only when asked
+for), so its peak RSS is that of a bare trio + httpx + msgspec client.
 
 The report also says how much of that CPU went to httpcore's connection-pool
 bookkeeping (``AsyncConnectionPool._assign_requests_to_connections``, run on every
@@ -35,6 +35,7 @@ from contextlib import (
     nullcontext,
 )
 
+import _baseline
 import httpcore
 import httpx
 import trio
@@ -52,7 +53,7 @@ def open_http_client(concurrency: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0))
 
 
-def _check(client: str, text: str | None, tool_calls: int) -> None:
+def _expect_whole_turn(client: str, text: str | None, tool_calls: int) -> None:
     if text != FINAL_TEXT or tool_calls != len(TOOL_KEYS):
         raise RuntimeError(
             f"{client}: the turn ended with {tool_calls} tool calls and text {text!r}; "
@@ -62,13 +63,11 @@ def _check(client: str, text: str | None, tool_calls: int) -> None:
 
 @asynccontextmanager
 async def baseline_turns(http: httpx.AsyncClient, base_url: str) -> AsyncIterator[Turn]:
-    import _baseline
-
     url = base_url + "/chat/completions"
 
     async def turn() -> None:
         outcome = await _baseline.run_turn(http, url, USER_MESSAGE)
-        _check("baseline", outcome.text, outcome.tool_calls)
+        _expect_whole_turn("baseline", outcome.text, outcome.tool_calls)
         if outcome.chunks != CHUNKS_PER_TURN:
             raise RuntimeError(f"baseline: {outcome.chunks} chunks, expected {CHUNKS_PER_TURN}")
 
@@ -87,7 +86,7 @@ async def trurn_turns(
 
     async def turn() -> None:
         result = await agent.run_turn(trurn.Context(), USER_MESSAGE)
-        _check("trurn", result.text, len(result.tool_calls))
+        _expect_whole_turn("trurn", result.text, len(result.tool_calls))
 
     reading: AbstractAsyncContextManager[object]
     reading = _trurn_client.reading_every_event(agent) if subscriber else nullcontext()
@@ -212,9 +211,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("client", choices=CLIENTS)
     parser.add_argument("--base-url", required=True, help="http://127.0.0.1:PORT/v1")
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--warmup-rounds", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=1, help="turns at once (default 1)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
+    parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument(
         "--profile", metavar="PATH", help="cProfile the timed rounds into PATH, count task steps"
     )

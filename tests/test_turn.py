@@ -584,10 +584,10 @@ async def turn_steps(subscribers: int, batches: int) -> int:
 
 
 async def test_publishing_costs_no_checkpoint_per_subscriber_or_event() -> None:
-    # The fake provider checkpoints once per batch it yields; the turn adds one per
-    # published batch, whatever the number of events in it or of subscribers.
+    # The fake provider checkpoints once per batch it yields; publishing adds no
+    # schedule point of its own, whatever the number of events or of subscribers.
     one = await turn_steps(subscribers=1, batches=10)
     four = await turn_steps(subscribers=4, batches=10)
     longer = await turn_steps(subscribers=4, batches=20)
     assert one == four
-    assert longer - four == 2 * 10  # ten more batches: one provider + one publish step each
+    assert longer - four == 10  # ten more batches: the provider's one step each, no more

@@ -95,7 +95,7 @@ class Nucleus(Generic[StateT, SignalT, EventT]):
     async def step(self, signal: SignalT) -> Transition[StateT, EventT]:
         """Apply one signal: reduce, store the new state, publish its events as one batch.
 
-        A checkpoint, and one schedule point unless a ``"wait"`` subscriber is full.
+        A checkpoint.
         Once :attr:`terminal`, it ignores the signal and returns
         ``Transition(state, (), True)`` (still a checkpoint).
 
@@ -118,6 +118,7 @@ class Nucleus(Generic[StateT, SignalT, EventT]):
         # No schedule point since the check above, so publish cannot be cancelled on
         # entry: the state stored and the events published go together.
         await self._broadcast.publish(transition.events)
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return transition
 
     async def run(self, signals: AsyncIterable[SignalT]) -> StateT:

@@ -337,8 +337,9 @@ class _Emitter:
 
     One lock per agent keeps events leaving in ``seq`` order even when concurrent tools
     emit while a subscriber applies backpressure; it is taken without a checkpoint when
-    free, so a batch costs the one checkpoint of :meth:`Broadcast.publish` (plus what an
-    async ``on_event`` awaits). If ``on_event`` raises, the error is kept in
+    free, so a batch costs what :meth:`Broadcast.publish` costs: a cancellation point,
+    and a schedule point only if a subscriber makes it wait (plus what an async
+    ``on_event`` awaits). If ``on_event`` raises, the error is kept in
     ``callback_error`` and ``scope`` (the turn's cancel scope) is cancelled: a broken
     callback ends the turn instead of turning into a tool result the model reads.
     """
@@ -384,7 +385,8 @@ class _Emitter:
         try:
             self._stamp(batch)
             await self._agent._hub.publish(batch)  # type: ignore[arg-type]
-            await self._call_back(batch)
+            if self._on_event is not None:
+                await self._call_back(batch)
         finally:
             lock.release()
 

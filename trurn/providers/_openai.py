@@ -283,12 +283,16 @@ class _ChatStream:
     """
 
     def __init__(
-        self, client: httpx.AsyncClient, request: httpx.Request, secrets: tuple[str, ...]
+        self,
+        client: httpx.AsyncClient,
+        request: httpx.Request,
+        url_text: str,
+        secrets: tuple[str, ...],
     ) -> None:
         self._client = client
         self._request = request
         self._secrets = secrets
-        self._url = describe_url(request.url)
+        self._url = url_text
         self._response: httpx.Response | None = None
         self._bytes: AsyncGenerator[bytes, None] | None = None
         self._sse = SSEDecoder()
@@ -615,6 +619,8 @@ class OpenAIChat:
             )
         self._model = model
         self._url = base.copy_with(path=base.path.rstrip("/") + "/chat/completions")
+        # For error messages; computed once, as parsing URLs costs more than a chunk does.
+        self._url_text = describe_url(self._url)
         self._max_tokens_field = max_tokens_field
         self._headers = httpx.Headers(
             {"Accept": "text/event-stream", "Content-Type": "application/json"}
@@ -656,7 +662,7 @@ class OpenAIChat:
         if client is None:
             client = self._client = httpx.AsyncClient(timeout=_DEFAULT_TIMEOUT)
         http_request = client.build_request("POST", self._url, content=body, headers=self._headers)
-        return _ChatStream(client, http_request, self._secrets)
+        return _ChatStream(client, http_request, self._url_text, self._secrets)
 
     async def aclose(self) -> None:
         """Close the HTTP client the provider made itself (a checkpoint); idempotent.

@@ -1,0 +1,490 @@
+"""trurn's benchmarks: what trurn costs over hand-written trio + httpx + msgspec code.
+
+``python benchmarks/run.py [--quick] [--profile]`` (or ``nox -s bench -- --quick``)
+prints one markdown table; progress goes to stderr. Every ratio is ``trurn ÷ baseline``
+with both measured in the same run, interleaved, because this machine is noisy.
+
+Method
+------
+**Client CPU per turn.** One turn is two tool rounds and a final answer: the model
+calls ``lookup`` (its arguments streamed in pieces), the client runs it and sends the
+result, the model calls it again, then answers in many small chunks (51 streamed chunks
+per turn, see ``_scenario.py``). The model is trurn's scripted OpenAI-compatible server
+(``trurn.testing``) in a process of its own (``_server.py``); each client measurement
+runs in a fresh process (``_worker.py``) that times its turns with
+``time.process_time()``, so only the client's CPU counts. The baseline
+(``_baseline.py``) is the same conversation written directly with httpx streaming, a
+hand-rolled SSE line splitter and a msgspec decoder; before measuring, ``_check.py``
+proves that both clients send equal JSON bodies with equal headers. Scenarios: one turn
+at a time, 100 turns at once, and 200 turns at once with 5 ms between chunks; trurn is
+measured bare and with one subscriber reading every event. Each figure is the median of
+the repetitions, run in alternating order; the peak RSS comes from the 200-turn workers.
+
+With many turns at once, httpcore's connection-pool bookkeeping takes a large and
+erratic share of both clients' CPU (it is quadratic in the idle connections), so the
+workers also time that one method and the table adds the CPU per turn outside it.
+
+**Import time.** ``python -c "import trurn"`` against ``python -c "import trio, httpx,
+msgspec"``, median wall time, plus the modules trurn adds according to ``-X importtime``;
+bytecode caches are on for both (see ``_imports.py``).
+
+**Broadcast fan-out.** ``trurn.Broadcast.publish`` of batches against one ``await
+send()`` per subscriber per event, see ``_fanout.py``.
+
+The exit status is 0 when targets are missed (this is a measurement, not a test) and 1
+when the benchmark itself is broken (the clients disagree, a worker fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import _fanout
+import _imports
+from _check import check_conversation
+from _report import Profile, Row, Target, markdown, own_functions, profiles_table, times, verdict
+from _scenario import CHUNKS_PER_TURN, REQUESTS_PER_TURN
+from _worker import CLIENTS
+
+import trurn
+
+Report = dict[str, Any]
+"""A worker's JSON report: cpu_s, wall_s, turns, max_rss_kib, pool_cpu_s, task_steps."""
+
+HERE = Path(__file__).resolve().parent
+CPU_TARGET = Target(1.3)
+IMPORT_TARGET = Target(1.2)
+FANOUT_TARGET = Target(10.0, at_least=True)
+_SERVER_START_TIMEOUT = 30.0
+_WORKER_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One client workload: ``concurrency`` turns at once, ``rounds`` times, measured in
+    ``repetitions`` fresh processes per client."""
+
+    label: str
+    concurrency: int
+    rounds: int
+    warmup_rounds: int
+    repetitions: int
+    chunk_delay: float = 0.0
+    clients: tuple[str, ...] = CLIENTS
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one run measures, and how many times."""
+
+    scenarios: tuple[Scenario, ...]
+    import_runs: int
+    fanout_events: int
+    fanout_repetitions: int
+
+
+# Sized to finish in about three minutes on two cores; one turn at a time is the noisiest
+# figure and the cheapest, hence more repetitions.
+FULL = Plan(
+    scenarios=(
+        Scenario("1 turn at a time", concurrency=1, rounds=200, warmup_rounds=10, repetitions=5),
+        Scenario("100 turns at once", concurrency=100, rounds=2, warmup_rounds=1, repetitions=3),
+        Scenario(
+            "200 turns at once, 5 ms between chunks",
+            concurrency=200,
+            rounds=1,
+            warmup_rounds=1,
+            repetitions=3,
+            chunk_delay=0.005,
+            clients=("baseline", "trurn"),
+        ),
+    ),
+    import_runs=7,
+    fanout_events=100_000,
+    fanout_repetitions=3,
+)
+
+QUICK = Plan(
+    scenarios=(
+        Scenario("1 turn at a time", concurrency=1, rounds=30, warmup_rounds=3, repetitions=1),
+        Scenario("20 turns at once", concurrency=20, rounds=1, warmup_rounds=1, repetitions=1),
+        Scenario(
+            "40 turns at once, 5 ms between chunks",
+            concurrency=40,
+            rounds=1,
+            warmup_rounds=1,
+            repetitions=1,
+            chunk_delay=0.005,
+            clients=("baseline", "trurn"),
+        ),
+    ),
+    import_runs=3,
+    fanout_events=20_000,
+    fanout_repetitions=1,
+)
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@contextlib.contextmanager
+def serving(chunk_delay: float) -> Iterator[str]:
+    """Run the scripted server in its own process; yield its base URL; always stop it."""
+    command = [sys.executable, str(HERE / "_server.py"), "--chunk-delay", str(chunk_delay)]
+    server = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=HERE,
+    )
+    try:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], _SERVER_START_TIMEOUT)
+        line = server.stdout.readline() if ready else ""
+        if not line.strip().isdigit():
+            server.kill()
+            _, errors = server.communicate()
+            raise RuntimeError(f"the benchmark server did not start: {line!r} {errors}")
+        yield f"http://127.0.0.1:{int(line)}/v1"
+    finally:
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen[str]) -> None:
+    """End of input asks the server to stop; a signal makes sure it does."""
+    assert server.stdin is not None
+    server.stdin.close()
+    try:
+        server.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def run_worker(
+    client: str, base_url: str, scenario: Scenario, *, profile: str | None = None
+) -> Report:
+    """One measurement in a fresh client process; its JSON report."""
+    command = [
+        sys.executable,
+        str(HERE / "_worker.py"),
+        client,
+        f"--base-url={base_url}",
+        f"--concurrency={scenario.concurrency}",
+        f"--rounds={scenario.rounds}",
+        f"--warmup-rounds={scenario.warmup_rounds}",
+    ]
+    if profile is not None:
+        command.append(f"--profile={profile}")
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=HERE, timeout=_WORKER_TIMEOUT, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the {client} worker failed:\n{done.stderr}")
+    report: Report = json.loads(done.stdout.splitlines()[-1])
+    return report
+
+
+# --------------------------------------------------------------------------- client CPU
+
+
+def measure_scenario(scenario: Scenario) -> dict[str, list[Report]]:
+    """Every client of ``scenario``, ``scenario.repetitions`` times, in alternating order."""
+    results: dict[str, list[Report]] = {client: [] for client in scenario.clients}
+    with serving(scenario.chunk_delay) as base_url:
+        for repetition in range(scenario.repetitions):
+            order = scenario.clients if repetition % 2 == 0 else scenario.clients[::-1]
+            for client in order:
+                report = run_worker(client, base_url, scenario)
+                results[client].append(report)
+                progress(f"  {scenario.label}, {client} #{repetition + 1}: {_describe(report)}")
+    return results
+
+
+def _describe(report: Report) -> str:
+    turns = report["turns"]
+    pool = report["pool_cpu_s"]
+    in_pool = "" if pool is None else f" ({pool / turns * 1000:.2f} ms in httpcore's pool)"
+    return (
+        f"{report['cpu_s'] / turns * 1000:.2f} ms CPU/turn{in_pool}, "
+        f"{report['wall_s']:.1f} s wall, peak RSS {report['max_rss_kib'] / 1024:.1f} MiB"
+    )
+
+
+def _cpu_ms(reports: list[Report], *, outside_pool: bool = False) -> float:
+    """Median CPU ms per turn; ``outside_pool`` leaves out httpcore's pool bookkeeping."""
+    per_turn = [
+        (report["cpu_s"] - (report["pool_cpu_s"] if outside_pool else 0.0)) / report["turns"] * 1000
+        for report in reports
+    ]
+    return float(statistics.median(per_turn))
+
+
+def _rss_mib(reports: list[Report]) -> float:
+    return float(statistics.median(report["max_rss_kib"] / 1024 for report in reports))
+
+
+def _scenario_rows(scenario: Scenario, results: dict[str, list[Report]]) -> list[Row]:
+    rows = []
+    baseline = _cpu_ms(results["baseline"])
+    for client in scenario.clients[1:]:
+        what = f"Client CPU per turn, {scenario.label}"
+        if client == "trurn-subscriber":
+            what += ", 1 subscriber"
+        ours = _cpu_ms(results[client])
+        rows.append(Row(what, f"{baseline:.2f} ms", f"{ours:.2f} ms", ours / baseline, CPU_TARGET))
+    timed = all(report["pool_cpu_s"] is not None for report in results["baseline"])
+    if scenario.concurrency > 1 and timed:
+        baseline_rest = _cpu_ms(results["baseline"], outside_pool=True)
+        trurn_rest = _cpu_ms(results["trurn"], outside_pool=True)
+        rows.append(
+            Row(
+                f"Client CPU per turn, {scenario.label}, outside httpcore's pool bookkeeping",
+                f"{baseline_rest:.2f} ms",
+                f"{trurn_rest:.2f} ms",
+                trurn_rest / baseline_rest,
+            )
+        )
+    return rows
+
+
+def _pool_share(reports: list[Report]) -> str:
+    shares = [report["pool_cpu_s"] / report["cpu_s"] for report in reports]
+    low, high = f"{min(shares):.0%}", f"{max(shares):.0%}"
+    return low if low == high else f"{low} to {high}"
+
+
+def client_rows(plan: Plan) -> tuple[list[Row], list[str]]:
+    rows = []
+    shares = []
+    results: dict[str, list[Report]] = {}
+    for scenario in plan.scenarios:
+        progress(f"client CPU: {scenario.label}")
+        results = measure_scenario(scenario)
+        rows += _scenario_rows(scenario, results)
+        if scenario.concurrency > 1 and results["baseline"][0]["pool_cpu_s"] is not None:
+            shares.append(
+                f"{scenario.label}: baseline {_pool_share(results['baseline'])}, "
+                f"trurn {_pool_share(results['trurn'])}"
+            )
+    # The peak RSS of the most concurrent scenario, the last one.
+    baseline_rss, trurn_rss = _rss_mib(results["baseline"]), _rss_mib(results["trurn"])
+    rows.append(
+        Row(
+            f"Client peak RSS, {plan.scenarios[-1].label}",
+            f"{baseline_rss:.1f} MiB",
+            f"{trurn_rss:.1f} MiB",
+            trurn_rss / baseline_rss,
+        )
+    )
+    notes = []
+    if shares:
+        notes.append(
+            "httpcore's pool bookkeeping (`AsyncConnectionPool._assign_requests_to_connections`, "
+            "run on every request and every response close; for each idle connection it scans "
+            "all connections) took this share of the client's CPU: "
+            + "; ".join(shares)
+            + ". It grows with the number of connections sitting idle at each call, which "
+            "depends on scheduling more than on the client's own work, so the rows "
+            '"outside httpcore\'s pool bookkeeping" subtract the time measured in it.'
+        )
+    return rows, notes
+
+
+# --------------------------------------------------------------------------- import time
+
+
+def import_rows(plan: Plan) -> tuple[list[Row], list[str]]:
+    progress("import time")
+    statements = [_imports.STARTUP, _imports.BASELINE, _imports.TRURN]
+    with _imports.bytecode_cached() as env:
+        medians = _imports.median_wall_ms(statements, plan.import_runs, env)
+        extras = _imports.extra_modules(plan.import_runs, env)
+    startup = medians[_imports.STARTUP]
+    baseline, ours = medians[_imports.BASELINE], medians[_imports.TRURN]
+    row = Row(
+        "Import time, `python -c` wall (trio, httpx, msgspec vs trurn)",
+        f"{baseline:.0f} ms",
+        f"{ours:.0f} ms",
+        ours / baseline,
+        IMPORT_TARGET,
+    )
+    notes = [
+        f"Import time: the interpreter alone (`python -c pass`) takes {startup:.0f} ms; net of "
+        f"it, trio + httpx + msgspec take {baseline - startup:.0f} ms and trurn "
+        f"{ours - startup:.0f} ms ({times((ours - startup) / (baseline - startup))}). "
+        f"Modules `import trurn` adds (`-X importtime` self time, median of "
+        f"{plan.import_runs}): {sum(ms for _, ms in extras):.1f} ms in total; the largest: "
+        + ", ".join(f"`{name}` {ms:.1f} ms" for name, ms in extras[:8])
+        + "."
+    ]
+    return [row], notes
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+def fanout_rows(plan: Plan) -> tuple[list[Row], list[str]]:
+    events, batch, subscribers = plan.fanout_events, 10, 4
+    deliveries = events * subscribers
+
+    def median_seconds(measure: Callable[[], float]) -> float:
+        return statistics.median(measure() for _ in range(plan.fanout_repetitions))
+
+    rows, floors = [], []
+    readers: tuple[tuple[_fanout.Reader, str], ...] = (
+        ("receive", "one `receive()` per event"),
+        ("drain", "draining readers"),
+    )
+    policies: tuple[_fanout.Policy, ...] = ("wait", "drop")
+    for reader, how in readers:
+        progress(f"broadcast fan-out, {how}")
+        naive = median_seconds(partial(_fanout.naive_seconds, events, batch, subscribers, reader))
+        for policy in policies:
+            hub = median_seconds(
+                partial(_fanout.hub_seconds, events, batch, subscribers, policy, reader)
+            )
+            rows.append(
+                Row(
+                    f'Broadcast fan-out, "{policy}", {subscribers} subscribers, {how} '
+                    "(deliveries/s)",
+                    f"{deliveries / naive / 1e6:.2f} M",
+                    f"{deliveries / hub / 1e6:.2f} M",
+                    naive / hub,
+                    FANOUT_TARGET,
+                )
+            )
+        floor = median_seconds(partial(_fanout.readers_only_seconds, events, subscribers, reader))
+        floors.append(
+            f"with {how}, the readers alone (channels filled beforehand, no publisher) reach "
+            f"{deliveries / floor / 1e6:.2f} M deliveries/s, so no publisher can beat the naive "
+            f"one by more than {times(naive / floor)}"
+        )
+    notes = [
+        f"Broadcast fan-out: {events} events in batches of {batch}, median of "
+        f"{plan.fanout_repetitions}; every subscriber's buffer holds all of them, so "
+        '"wait" never waits and "drop" never drops. A Trio `receive()` is a schedule point '
+        "even when an item is ready, so readers that call it once per event cost as much "
+        "as the naive publisher's sends: " + "; ".join(floors) + "."
+    ]
+    return rows, notes
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile_section(plan: Plan) -> str:
+    """cProfile both clients in every scenario (separate, untimed runs): where the CPU
+    goes, how much of it is httpcore's pool, and trurn's own hottest functions."""
+    package = Path(trurn.__file__).resolve().parent
+    rows: list[tuple[str, Profile]] = []
+    own = ""
+    with tempfile.TemporaryDirectory() as directory:
+        for number, scenario in enumerate(plan.scenarios):
+            with serving(scenario.chunk_delay) as base_url:
+                for client in ("baseline", "trurn"):
+                    progress(f"profiling {client}: {scenario.label}")
+                    path = str(Path(directory) / f"{client}-{number}.prof")
+                    report = run_worker(client, base_url, scenario, profile=path)
+                    turns = int(report["turns"])
+                    steps = report["task_steps"]
+                    profile = Profile.load(
+                        path, client, turns, None if steps is None else int(steps)
+                    )
+                    rows.append((scenario.label, profile))
+                    if number == 0 and client == "trurn":
+                        own = own_functions(path, package, turns)
+    return "\n\n".join(
+        [
+            "Profiles (cProfile, in separate runs from the timed ones; its overhead inflates "
+            "every figure, so compare within a row's scenario only):",
+            profiles_table(rows),
+            f"{plan.scenarios[0].label}: {own}",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _environment(plan: Plan, request_bytes: int) -> str:
+    versions = ", ".join(
+        f"{name} {version(name)}" for name in ("trurn", "trio", "httpx", "msgspec")
+    )
+    scenarios = "; ".join(
+        f"{s.label}: {s.repetitions} processes of {s.concurrency * s.rounds} turns, each "
+        f"after {s.concurrency * s.warmup_rounds} warm-up turns"
+        for s in plan.scenarios
+    )
+    return (
+        f"Python {sys.version.split()[0]}, {versions}. Each client figure is the median over "
+        f"fresh processes ({scenarios}). A turn is {REQUESTS_PER_TURN} requests "
+        f"({request_bytes} bytes of JSON in all) and {CHUNKS_PER_TURN} streamed chunks; both "
+        "clients share one `httpx.AsyncClient` per process with a pool as large as the "
+        "concurrency."
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, < 30 s (smoke test)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile both clients in every scenario (adds a few minutes)",
+    )
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+
+    progress("checking that both clients send the same requests")
+    try:
+        request_bytes = check_conversation()
+        rows, notes = client_rows(plan)
+        for section in (import_rows, fanout_rows):
+            more_rows, more_notes = section(plan)
+            rows += more_rows
+            notes += more_notes
+        profile = profile_section(plan) if args.profile else None
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmark interrupted", file=sys.stderr)
+        return 130
+
+    print(markdown(rows))
+    print()
+    print("Notes:")
+    print()
+    for note in [_environment(plan, request_bytes), *notes]:
+        print(f"- {note}")
+    if profile is not None:
+        print()
+        print(profile)
+    missed = sum(verdict(row) == "MISS" for row in rows)
+    print()
+    print(f"{missed} target(s) missed." if missed else "All targets met.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
