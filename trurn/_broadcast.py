@@ -136,7 +136,9 @@ class Broadcast(Generic[T]):
         self._on_drop = on_drop
         # Copy-on-write: publish iterates the tuple it read while subscribers come and go.
         self._subscribers: tuple[_Subscriber[T], ...] = ()
-        self._lock = trio.Lock()
+        # One publisher at a time, as trio streams allow one sender: a second concurrent
+        # publish is a bug in the caller (trio.BusyResourceError), not something to queue.
+        self._publishing = False
         self._closed = False
         self._published = 0
         self._delivered = 0
@@ -232,18 +234,21 @@ class Broadcast(Generic[T]):
         the batch reached nobody. Nothing is announced for these, as nothing was
         dropped by policy: the publisher stopped.
 
-        Concurrent calls are served one after the other, in arrival order.
+        There is one publisher: calling it while another call is still running (waiting
+        for a subscriber) raises :class:`trio.BusyResourceError`, as a second concurrent
+        ``send_all`` on a trio stream does. Callers with several tasks serialize them
+        (the Agent does, with the lock that also orders its ``seq`` numbers).
 
         Raises:
           trio.ClosedResourceError: the hub was closed before this call.
+          trio.BusyResourceError: another publish call is still running.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
             raise trio.ClosedResourceError("publish on a closed Broadcast")
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        if self._publishing:
+            raise trio.BusyResourceError("another task is already publishing to this Broadcast")
+        self._publishing = True
         published = delivered = 0
         try:
             for event in events:
@@ -267,7 +272,7 @@ class Broadcast(Generic[T]):
         finally:
             self._published += published
             self._delivered += delivered
-            self._lock.release()
+            self._publishing = False
 
     def publish_nowait(self, events: Sequence[T]) -> None:
         """Deliver one batch without ever blocking; not a checkpoint (for abort paths).
