@@ -591,3 +591,35 @@ async def test_publishing_costs_no_checkpoint_per_subscriber_or_event() -> None:
     longer = await turn_steps(subscribers=4, batches=20)
     assert one == four
     assert longer - four == 10  # ten more batches: the provider's one step each, no more
+
+
+async def test_concurrent_tools_behind_a_slow_subscriber_keep_seq_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    @trurn.tool
+    async def chatty(n: int, ctx: trurn.ToolContext) -> str:
+        """Streams a few lines of output."""
+        for i in range(5):
+            await ctx.output(f"{n}.{i}")
+        return str(n)
+
+    calls = [(f"c{n}", "chatty", f'{{"n": {n}}}') for n in range(4)]
+    provider = FakeProvider([tool_reply(*calls), text_reply("done")])
+    agent = trurn.Agent(provider, tools=[chatty])
+    received: list[events.Event] = []
+    on_event: list[events.Event] = []
+
+    async def slow_reader(stream: trio.MemoryReceiveChannel[events.Event]) -> None:
+        async for event in stream:
+            received.append(event)
+            if isinstance(event, events.TurnFinished):
+                return
+            await trio.sleep(0.01)
+
+    async with agent.subscribe(max_buffer=2, policy="wait") as stream, trio.open_nursery() as n:
+        n.start_soon(slow_reader, stream)
+        await agent.run_turn(trurn.Context(), "x", on_event=on_event.append)
+    seqs = [e.seq for e in received]
+    assert seqs == list(range(1, len(seqs) + 1))  # every event, in seq order
+    assert [e.seq for e in on_event] == seqs
+    assert sum(isinstance(e, events.ToolOutput) for e in received) == 20

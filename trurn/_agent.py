@@ -78,7 +78,8 @@ class Agent:
         self.iteration_policy = iteration_policy
         self.max_concurrent_tools = max_concurrent_tools
         self._hub: Broadcast[events.Event] = Broadcast(is_final=_is_final, on_drop=_dropped)
-        self._publish_lock = trio.StrictFIFOLock()
+        self._emitting = False  # an emitter of this agent is publishing (see _turn._Emitter)
+        self._emit_waiters = trio.lowlevel.ParkingLot()
         self._seq = 0
 
     def subscribe(

@@ -335,11 +335,11 @@ class _Emitter:
     """Stamps events with the agent's next ``seq`` and the turn id, then publishes them
     to the agent's subscribers and to the turn's ``on_event`` callback, in that order.
 
-    One lock per agent keeps events leaving in ``seq`` order even when concurrent tools
-    emit while a subscriber applies backpressure; it is taken without a checkpoint when
-    free, so a batch costs what :meth:`Broadcast.publish` costs: a cancellation point,
-    and a schedule point only if a subscriber makes it wait (plus what an async
-    ``on_event`` awaits). If ``on_event`` raises, the error is kept in
+    Emitters of one agent take turns, so events leave in ``seq`` order even when
+    concurrent tools emit while a subscriber applies backpressure. Taking a free turn
+    is not a checkpoint, so a batch costs what :meth:`Broadcast.publish` costs: a
+    cancellation point, and a schedule point only if a subscriber makes it wait (plus
+    what an async ``on_event`` awaits). If ``on_event`` raises, the error is kept in
     ``callback_error`` and ``scope`` (the turn's cancel scope) is cancelled: a broken
     callback ends the turn instead of turning into a tool result the model reads.
     """
@@ -377,18 +377,22 @@ class _Emitter:
             self.scope.cancel()
 
     async def __call__(self, batch: Sequence[events.BaseEvent]) -> None:
-        lock = self._agent._publish_lock
-        try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
+        agent = self._agent
+        # One emitter at a time per agent, so seq order is delivery order. A bare flag
+        # and a parking lot rather than a trio.Lock: this runs for every streamed chunk,
+        # and the lock's bookkeeping cost more than the publishing it guards.
+        while agent._emitting:
+            await agent._emit_waiters.park()
+        agent._emitting = True
         try:
             self._stamp(batch)
-            await self._agent._hub.publish(batch)  # type: ignore[arg-type]
+            await agent._hub.publish(batch)  # type: ignore[arg-type]
             if self._on_event is not None:
                 await self._call_back(batch)
         finally:
-            lock.release()
+            agent._emitting = False
+            if agent._emit_waiters:
+                agent._emit_waiters.unpark()
 
     async def final(self, batch: Sequence[events.BaseEvent]) -> None:
         """Publish while the turn is being torn down: shielded, and never waiting for
