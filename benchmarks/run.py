@@ -351,12 +351,15 @@ def fanout_rows(plan: Plan) -> tuple[list[Row], list[str]]:
         return statistics.median(measure() for _ in range(plan.fanout_repetitions))
 
     rows, floors = [], []
-    readers: tuple[tuple[_fanout.Reader, str], ...] = (
-        ("receive", "one `receive()` per event"),
-        ("drain", "draining readers"),
+    # The target is judged with draining readers: with one `receive()` per event the
+    # readers' own schedule points cap any publisher's advantage (see the notes), so
+    # those rows measure the readers, not the broadcast.
+    readers: tuple[tuple[_fanout.Reader, str, Target | None], ...] = (
+        ("drain", "draining readers", FANOUT_TARGET),
+        ("receive", "one `receive()` per event", None),
     )
     policies: tuple[_fanout.Policy, ...] = ("wait", "drop")
-    for reader, how in readers:
+    for reader, how, target in readers:
         progress(f"broadcast fan-out, {how}")
         naive = median_seconds(partial(_fanout.naive_seconds, events, batch, subscribers, reader))
         for policy in policies:
@@ -370,7 +373,7 @@ def fanout_rows(plan: Plan) -> tuple[list[Row], list[str]]:
                     f"{deliveries / naive / 1e6:.2f} M",
                     f"{deliveries / hub / 1e6:.2f} M",
                     naive / hub,
-                    FANOUT_TARGET,
+                    target,
                 )
             )
         floor = median_seconds(partial(_fanout.readers_only_seconds, events, subscribers, reader))
