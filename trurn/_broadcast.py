@@ -229,10 +229,11 @@ class Broadcast(Generic[T]):
         waits for its input, e.g. the network).
 
         Cancellation while waiting for a ``"wait"`` subscriber: the events before the
-        blocked one reached every subscriber; the blocked event reached the subscribers
-        before the blocked one (in subscription order) and no one after it; the rest of
-        the batch reached nobody. Nothing is announced for these, as nothing was
-        dropped by policy: the publisher stopped.
+        blocked one reached every subscriber; the blocked event reached every subscriber
+        that had room for it (a full one never delays the others), but not the full
+        ``"wait"`` subscribers still owed it; the rest of the batch reached nobody.
+        Nothing is announced for these, as nothing was dropped by policy: the publisher
+        stopped.
 
         There is one publisher: calling it while another call is still running (waiting
         for a subscriber) raises :class:`trio.BusyResourceError`, as a second concurrent
@@ -253,21 +254,10 @@ class Broadcast(Generic[T]):
         try:
             for event in events:
                 published += 1
-                for sub in self._subscribers:
-                    if not sub.missed:
-                        try:
-                            sub.send.send_nowait(event)
-                        except trio.WouldBlock:
-                            pass
-                        except _GONE:
-                            self._remove(sub)
-                            continue
-                        else:
-                            delivered += 1
-                            continue
-                    if not self._offer(sub, event, nowait=False) and await self._send_waiting(
-                        sub, event
-                    ):
+                delivered_now, owed = self._fan_out(event, nowait=False)
+                delivered += delivered_now
+                for sub in owed or ():
+                    if await self._send_waiting(sub, event):
                         delivered += 1
         finally:
             self._published += published
@@ -295,22 +285,37 @@ class Broadcast(Generic[T]):
         try:
             for event in events:
                 published += 1
-                for sub in self._subscribers:
-                    if not sub.missed:
-                        try:
-                            sub.send.send_nowait(event)
-                        except trio.WouldBlock:
-                            pass
-                        except _GONE:
-                            self._remove(sub)
-                            continue
-                        else:
-                            delivered += 1
-                            continue
-                    self._offer(sub, event, nowait=True)
+                delivered += self._fan_out(event, nowait=True)[0]
         finally:
             self._published += published
             self._delivered += delivered
+
+    def _fan_out(self, event: T, *, nowait: bool) -> tuple[int, list[_Subscriber[T]] | None]:
+        """Give ``event`` to every subscriber that can take it now; the hot loop.
+
+        Returns how many subscribers got it on the fast path (``_offer`` counts the rest
+        itself), and the full ``"wait"`` subscribers still owed it, in subscription
+        order (never any when ``nowait``: those get the overflow treatment instead).
+        """
+        delivered = 0
+        owed: list[_Subscriber[T]] | None = None
+        for sub in self._subscribers:
+            if not sub.missed:
+                try:
+                    sub.send.send_nowait(event)
+                except trio.WouldBlock:
+                    pass
+                except _GONE:
+                    self._remove(sub)
+                    continue
+                else:
+                    delivered += 1
+                    continue
+            if not self._offer(sub, event, nowait=nowait):
+                if owed is None:
+                    owed = []
+                owed.append(sub)
+        return delivered, owed
 
     def close(self) -> None:
         """Close the hub: every subscriber reads what it has buffered, then gets
