@@ -38,6 +38,7 @@ __all__ = [
     "error_from_response",
     "excerpt",
     "is_context_overflow",
+    "mask",
     "parse_retry_after",
 ]
 
@@ -156,7 +157,8 @@ def is_context_overflow(message: str, code: str | int | None = None) -> bool:
     return any(phrase in lowered for phrase in _OVERFLOW_PHRASES)
 
 
-def _mask(message: str, secrets: Iterable[str]) -> str:
+def mask(message: str, secrets: Iterable[str]) -> str:
+    """``message`` with every secret (API key, auth header value) replaced."""
     for secret in secrets:
         if secret:
             message = message.replace(secret, "[redacted]")
@@ -228,7 +230,7 @@ def error_from_response(
     if not message:
         message = excerpt(body)
     cls = _class_for_status(status, message, code, kind)
-    text = _mask(
+    text = mask(
         f"HTTP {status} {response.reason_phrase} from {describe_url(response.request.url)}: "
         f"{message}",
         secrets,
@@ -275,4 +277,4 @@ def error_from_payload(
     detail = (
         f"{message} (code {code})" if isinstance(code, str) and code not in message else message
     )
-    return cls(_mask(f"error in stream: {detail}", secrets), provider=provider)
+    return cls(mask(f"error in stream: {detail}", secrets), provider=provider)

@@ -38,7 +38,14 @@ from .._messages import (
 )
 from .._sse import SSEDecoder
 from ._base import Request, ToolSpec
-from ._http import WireError, describe_url, error_from_payload, error_from_response, excerpt
+from ._http import (
+    WireError,
+    describe_url,
+    error_from_payload,
+    error_from_response,
+    excerpt,
+    mask,
+)
 
 __all__ = ["OpenAIChat"]
 
@@ -548,10 +555,7 @@ class _ChatStream:
         return error_from_payload(wire.error, provider=_PROVIDER, secrets=self._secrets)
 
     def _describe(self, exc: Exception) -> str:
-        text = str(exc) or type(exc).__name__
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return mask(str(exc) or type(exc).__name__, self._secrets)
 
     async def _read_some(self, response: httpx.Response) -> bytes:
         """Up to ``_ERROR_BODY_LIMIT`` bytes of the body, for an error message."""
