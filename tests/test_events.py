@@ -24,6 +24,8 @@ SAMPLES: list[events.BaseEvent] = [
     events.ToolExit(tool_call_id="call_1", name="f", status="ok", content="12C"),
     events.ApprovalRequest(request_id="r1", call=CALL, reason="writes files"),
     events.ChoiceRequest(request_id="r2", tool_call_id="call_1", prompt="?", choices=["a", "b"]),
+    events.ServerTool(block={"type": "server_tool_use", "name": "web_search"}),
+    events.Retrying(attempt=1, delay=2.5, error_type="RateLimitError", message="slow down"),
     events.RunAborted(reason="cancelled"),
     events.Error(message="boom", error_type="ValueError", tool_call_id="call_1"),
     events.EventsDropped(count=3),

@@ -184,3 +184,14 @@ def test_not_a_chunk_is_a_type_error() -> None:
 def test_parse_arguments_directly() -> None:
     assert parse_arguments("  ") == ({}, None)
     assert parse_arguments('{"a": [1]}') == ({"a": [1]}, None)
+
+
+def test_server_tool_blocks_are_kept_verbatim_and_surfaced() -> None:
+    from trurn._chunks import ServerToolBlock
+
+    block = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+    reply, published = fold([ServerToolBlock(block), TextDelta("Found it.")])
+    assert reply.server_blocks == [block]
+    assert reply.tool_calls == []  # never run locally
+    assert isinstance(published[0], events.ServerTool)
+    assert published[0].block == block

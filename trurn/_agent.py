@@ -57,7 +57,7 @@ class Agent:
         temperature: float | None = None,
         max_tokens: int | None = None,
         reasoning_effort: str | None = None,
-        tool_choice: str | dict[str, Any] | None = None,
+        tool_choice: str | None = None,
         iteration_policy: IterationPolicy | None = None,
         max_concurrent_tools: int = 8,
     ) -> None:

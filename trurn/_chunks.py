@@ -7,11 +7,21 @@ reducer folds them into events and an assembled :class:`~trurn.AssistantMessage`
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ._messages import Usage
 
-__all__ = ["Chunk", "Finish", "ReasoningDelta", "TextDelta", "ThinkingSignature", "ToolCallDelta"]
+__all__ = [
+    "Chunk",
+    "Finish",
+    "ReasoningDelta",
+    "ServerToolBlock",
+    "TextDelta",
+    "ThinkingSignature",
+    "ToolCallDelta",
+]
 
 
 class TextDelta(msgspec.Struct, frozen=True):
@@ -47,11 +57,26 @@ class ToolCallDelta(msgspec.Struct, frozen=True, kw_only=True):
     arguments: str = ""
 
 
+class ServerToolBlock(msgspec.Struct, frozen=True):
+    """A block the provider ran itself (Anthropic ``server_tool_use``, web search
+    results): kept verbatim in the reply, surfaced as an event, never run locally."""
+
+    block: dict[str, Any]
+
+
 class Finish(msgspec.Struct, frozen=True):
     """Why the provider ended the reply: ``"stop"``, ``"tool_calls"``, ``"length"``..."""
 
     reason: str
 
 
-Chunk = TextDelta | ReasoningDelta | ThinkingSignature | ToolCallDelta | Usage | Finish
+Chunk = (
+    TextDelta
+    | ReasoningDelta
+    | ThinkingSignature
+    | ToolCallDelta
+    | ServerToolBlock
+    | Usage
+    | Finish
+)
 """Anything a provider yields."""

@@ -92,8 +92,9 @@ class AssistantMessage(
 ):
     """One model reply, assembled from its streamed chunks.
 
-    ``finish_reason`` is the provider's reason (``"stop"``, ``"tool_calls"``,
-    ``"length"``, ``"content_filter"``...). ``aborted`` marks a reply cut short by
+    ``server_blocks`` are blocks the provider ran itself (web search), kept verbatim
+    so they can be sent back. ``finish_reason`` is the provider's reason (``"stop"``,
+    ``"tool_calls"``, ``"length"``, ``"content_filter"``...). ``aborted`` marks a reply cut short by
     cancellation or a stream error: its text is what arrived before that.
     """
 
@@ -101,6 +102,7 @@ class AssistantMessage(
     tool_calls: list[ToolCall] = []
     reasoning: str | None = None
     thinking: list[ThinkingBlock] = []
+    server_blocks: list[dict[str, Any]] = []
     usage: Usage | None = None
     model: str | None = None
     finish_reason: str | None = None

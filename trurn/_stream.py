@@ -18,7 +18,15 @@ from typing import Any
 import msgspec
 
 from . import events
-from ._chunks import Chunk, Finish, ReasoningDelta, TextDelta, ThinkingSignature, ToolCallDelta
+from ._chunks import (
+    Chunk,
+    Finish,
+    ReasoningDelta,
+    ServerToolBlock,
+    TextDelta,
+    ThinkingSignature,
+    ToolCallDelta,
+)
 from ._messages import AssistantMessage, ThinkingBlock, ToolCall, Usage
 from ._nucleus import Transition
 
@@ -61,6 +69,7 @@ class StreamState(msgspec.Struct, frozen=True, kw_only=True):
     open_block: Pieces = None
     thinking: tuple[ThinkingBlock, ...] = ()
     calls: tuple[PendingCall, ...] = ()
+    server_blocks: tuple[dict[str, Any], ...] = ()
     usage: Usage | None = None
     finish_reason: str | None = None
 
@@ -90,6 +99,11 @@ def reduce_stream(state: StreamState, chunk: Chunk) -> Transition[StreamState, e
         return Transition(_replace(state, usage=chunk))
     if type(chunk) is Finish:
         return Transition(_replace(state, finish_reason=chunk.reason))
+    if type(chunk) is ServerToolBlock:
+        return Transition(
+            _replace(state, server_blocks=(*state.server_blocks, chunk.block)),
+            (events.ServerTool(block=chunk.block),),
+        )
     if type(chunk) is ThinkingSignature:
         block = ThinkingBlock(
             text=joined(state.open_block), signature=chunk.signature, redacted=chunk.redacted
@@ -184,6 +198,7 @@ def assemble(state: StreamState, *, call_id_prefix: str = "call") -> AssistantMe
         tool_calls=tool_calls,
         reasoning=joined(state.reasoning) or None,
         thinking=list(thinking),
+        server_blocks=list(state.server_blocks),
         usage=state.usage,
         finish_reason=state.finish_reason,
     )

@@ -18,7 +18,7 @@ Order of one turn::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -35,7 +35,9 @@ __all__ = [
     "Event",
     "EventsDropped",
     "MessageSent",
+    "Retrying",
     "RunAborted",
+    "ServerTool",
     "ToolCallDelta",
     "ToolCallStarted",
     "ToolExit",
@@ -104,6 +106,25 @@ class AssistantFinal(BaseEvent, tag="assistant_final"):
     @property
     def text(self) -> str:
         return self.message.content or ""
+
+
+class ServerTool(BaseEvent, tag="server_tool"):
+    """The provider ran a tool itself (e.g. web search); ``block`` is what it sent."""
+
+    block: dict[str, Any]
+
+
+class Retrying(BaseEvent, tag="retry"):
+    """The model call failed before any output and will be tried again.
+
+    ``attempt`` is the attempt that failed (from 1); the next starts after ``delay``
+    seconds. ``error_type`` and ``message`` describe the failure.
+    """
+
+    attempt: int
+    delay: float
+    error_type: str
+    message: str
 
 
 class ToolCallStarted(BaseEvent, tag="tool_call"):
@@ -189,12 +210,14 @@ Event = (
     | AssistantDelta
     | AssistantReasoningDelta
     | ToolCallDelta
+    | ServerTool
     | AssistantFinal
     | ToolCallStarted
     | ToolOutput
     | ToolExit
     | ApprovalRequest
     | ChoiceRequest
+    | Retrying
     | RunAborted
     | Error
     | EventsDropped

@@ -6,7 +6,7 @@ provider-neutral chunks. It owns the wire format; the turn owns everything else.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,7 +30,13 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     """One model call: the whole history plus the options for this reply.
 
     ``None`` options are left out of the wire request, so the provider's defaults apply.
-    ``model`` overrides the provider's default model for this call.
+    ``model`` overrides the provider's default model for this call. ``tool_choice`` is
+    ``"auto"``, ``"none"``, ``"required"`` or the name of one tool (each provider
+    spells it its own way on the wire); it is only sent when there are tools.
+    ``reasoning_effort`` is ``"low"``, ``"medium"`` or ``"high"`` (OpenAI sends it as
+    is; Anthropic turns it into a thinking budget). ``extra_body`` is merged into the
+    wire request last, for provider options trurn does not know (it cannot replace
+    ``model``, ``messages`` or ``stream``).
     """
 
     messages: Sequence[Message]
@@ -39,7 +45,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     temperature: float | None = None
     max_tokens: int | None = None
     reasoning_effort: str | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | None = None
+    stop: Sequence[str] | None = None
+    seed: int | None = None
+    parallel_tool_calls: bool | None = None
+    extra_body: Mapping[str, Any] | None = None
 
 
 @runtime_checkable
