@@ -84,6 +84,9 @@ async def agent_for(
     provider = OpenAIChat(
         "scripted", base_url=server.base_url, api_key="sk-test-secret", client=client
     )
+    # No retries: these tests are about what one failing call does (retries are tested
+    # in test_retry.py, on virtual time).
+    options.setdefault("retry", None)
     return trurn.Agent(provider, tools=[get_weather], **options), client  # type: ignore[arg-type]
 
 
@@ -135,15 +138,30 @@ async def test_run_turn_front_door_over_http() -> None:
     assert second.messages[-1].content == "sunny in Oslo"
 
 
-async def test_unreachable_base_url_is_a_clear_error() -> None:
+async def test_unreachable_base_url_is_retried_then_a_clear_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # A port nobody listens on: bind one, then close it.
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()
+    seen: list[events.Event] = []
+    start = trio.current_time()
     async with OpenAIChat("m", base_url=f"http://127.0.0.1:{port}/v1") as provider:
         with pytest.raises(trurn.ProviderConnectionError, match=f"127.0.0.1:{port}"):
-            await trurn.run_turn(provider=provider, message="hi")
+            await trurn.run_turn(
+                provider=provider,
+                message="hi",
+                on_event=seen.append,
+                retry=trurn.RetryPolicy(attempts=3, initial_delay=1, jitter=0),
+            )
+    retries = [e for e in seen if isinstance(e, events.Retrying)]
+    assert [(r.attempt, r.delay, r.error_type) for r in retries] == [
+        (1, 1.0, "ProviderConnectionError"),
+        (2, 2.0, "ProviderConnectionError"),
+    ]
+    assert trio.current_time() - start == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize(
@@ -239,7 +257,7 @@ async def test_bad_tool_calls_become_results_the_model_reads(
         Reply("I could not do that."),
     ]
     agent, client = await agent_for(scripted_server, transport, replies)
-    agent = trurn.Agent(agent.provider, tools=[get_weather, explode])
+    agent = trurn.Agent(agent.provider, tools=[get_weather, explode], retry=None)
     seen: list[events.Event] = []
     async with client:
         result = await agent.run_turn(trurn.Context(), "go", on_event=seen.append)
@@ -290,7 +308,7 @@ async def test_a_tool_that_never_returns_is_cancelled_with_the_turn(
 
     replies = [Reply(tool_calls=[ScriptedToolCall("wait_forever", {})])]
     agent, client = await agent_for(scripted_server, transport, replies)
-    agent = trurn.Agent(agent.provider, tools=[wait_forever])
+    agent = trurn.Agent(agent.provider, tools=[wait_forever], retry=None)
     context = trurn.Context()
     async with client:
         with trio.move_on_after(60) as scope:

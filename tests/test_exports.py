@@ -32,6 +32,7 @@ PUBLIC = {
     "ProviderTimeout",
     "RateLimitError",
     "Reducer",
+    "RetryPolicy",
     "ServerError",
     "SubscriberStatistics",
     "SystemMessage",

@@ -41,6 +41,7 @@ from ._messages import UserMessage as UserMessage
 from ._nucleus import Nucleus as Nucleus
 from ._nucleus import Reducer as Reducer
 from ._nucleus import Transition as Transition
+from ._retry import RetryPolicy as RetryPolicy
 from ._tools import BaseTool as BaseTool
 from ._tools import FunctionTool as FunctionTool
 from ._tools import ToolContext as ToolContext
@@ -76,6 +77,7 @@ __all__ = [
     "ProviderTimeout",
     "RateLimitError",
     "Reducer",
+    "RetryPolicy",
     "ServerError",
     "SubscriberStatistics",
     "SystemMessage",

@@ -16,6 +16,7 @@ import trio
 from . import events
 from ._broadcast import Broadcast, Policy
 from ._context import Context
+from ._retry import NO_RETRY, RetryPolicy
 from ._tools import BaseTool, tool_map
 from ._turn import IterationPolicy, OnEvent, OnProgress, TurnResult, play_turn
 from .providers import Provider, ToolSpec
@@ -23,6 +24,9 @@ from .providers import Provider, ToolSpec
 __all__ = ["Agent", "run_turn"]
 
 _FINAL_EVENTS = (events.RunAborted, events.TurnFinished)
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 def _is_final(event: events.Event) -> bool:
@@ -41,7 +45,8 @@ class Agent:
     :meth:`subscribe`) with a ``seq`` that increases across turns.
 
     ``max_steps`` bounds the model calls of one turn; ``max_concurrent_tools`` how
-    many tool calls of one reply run at once. ``temperature``, ``max_tokens``,
+    many tool calls of one reply run at once; ``retry`` when a model call that failed
+    before any output is tried again (``None``: never). ``temperature``, ``max_tokens``,
     ``reasoning_effort``, ``tool_choice`` and ``model`` are sent with every request
     when set (``None`` leaves the provider's default).
     """
@@ -60,6 +65,7 @@ class Agent:
         tool_choice: str | None = None,
         iteration_policy: IterationPolicy | None = None,
         max_concurrent_tools: int = 8,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
@@ -77,6 +83,7 @@ class Agent:
         self.tool_choice = tool_choice
         self.iteration_policy = iteration_policy
         self.max_concurrent_tools = max_concurrent_tools
+        self.retry = retry or NO_RETRY
         self._hub: Broadcast[events.Event] = Broadcast(is_final=_is_final, on_drop=_dropped)
         self._emitting = False  # an emitter of this agent is publishing (see _turn._Emitter)
         self._emit_waiters = trio.lowlevel.ParkingLot()
@@ -147,6 +154,7 @@ async def run_turn(
     iteration_policy: IterationPolicy | None = None,
     on_progress: OnProgress | None = None,
     on_event: OnEvent | None = None,
+    retry: RetryPolicy | None = DEFAULT_RETRY,
 ) -> TurnResult:
     """Run one bounded agent turn and return its result: an agent called like a function.
 
@@ -164,5 +172,6 @@ async def run_turn(
         max_tokens=max_tokens,
         reasoning_effort=reasoning_effort,
         iteration_policy=iteration_policy,
+        retry=retry,
     )
     return await agent.run_turn(Context(), message, on_event=on_event, on_progress=on_progress)

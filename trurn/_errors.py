@@ -15,8 +15,9 @@ Every exception trurn raises on purpose derives from :class:`TrurnError`::
     │   ├── ProviderTimeout           no answer in time
     │   ├── ProviderConnectionError   could not reach the provider, or it hung up
     │   └── MalformedStreamError      the reply is not the stream format it should be
-    └── ToolError                     raise from a tool to fail with a message for the model
-        └── ToolArgumentsError        the model's arguments do not fit the tool's schema
+    ├── ToolError                     raise from a tool to fail with a message for the model
+    │   └── ToolArgumentsError        the model's arguments do not fit the tool's schema
+    └── ConfigurationError            a provider string or option is wrong (also a ValueError)
 
 Lower-level errors (httpx, msgspec) are mapped to the most specific class with
 ``raise ... from exc``. Messages carry the provider's own words and never an API key.
@@ -27,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "ConfigurationError",
     "ContextOverflowError",
     "MalformedStreamError",
     "NotFoundError",
@@ -52,18 +54,25 @@ class ProviderError(TrurnError):
 
     ``status_code`` is the HTTP status (``None`` when there was no response, or for
     an error sent inside a 200 stream); ``provider`` names the adapter; ``retryable``
-    says whether sending the same request again may succeed.
+    says whether sending the same request again may succeed; ``retry_after`` is the
+    server's ``Retry-After`` hint in seconds, when it sent one.
     """
 
     retryable = False
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, provider: str | None = None
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        provider: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.provider = provider
+        self.retry_after = retry_after
 
 
 class AuthenticationError(ProviderError):
@@ -87,20 +96,9 @@ class ContextOverflowError(BadRequestError):
 
 
 class RateLimitError(ProviderError):
-    """Too many requests (HTTP 429). ``retry_after`` is the server's hint in seconds."""
+    """Too many requests (HTTP 429); see ``retry_after``."""
 
     retryable = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        provider: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status_code=status_code, provider=provider)
-        self.retry_after = retry_after
 
 
 class OverloadedError(ProviderError):
@@ -146,4 +144,14 @@ class ToolArgumentsError(ToolError):
     explicit tools may raise it after their own checks. The turn reports it
     as an ``"error"`` result saying the arguments were invalid (``error_type``
     ``"ValidationError"``), so the model knows to fix its call rather than retry it.
+    """
+
+
+class ConfigurationError(TrurnError, ValueError):
+    """A provider string or option is wrong; the one-line message says what to set.
+
+    Raised before anything is sent: an unknown provider prefix, a missing model name or
+    URL, a URL that is not http(s), an API key that is neither given nor in the
+    environment (the message names the variable to set). It is a :class:`ValueError`
+    too, so code that checks arguments that way catches it.
     """

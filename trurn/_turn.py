@@ -28,7 +28,7 @@ import trio
 
 from . import events
 from ._context import Context
-from ._errors import TrurnError
+from ._errors import ProviderError, TrurnError
 from ._messages import (
     AssistantMessage,
     Message,
@@ -39,6 +39,7 @@ from ._messages import (
     Usage,
     UserMessage,
 )
+from ._retry import retry_delay
 from ._stream import StreamState, assemble, reduce_stream
 from ._tools import run_tool_call
 from .providers import Request
@@ -177,35 +178,62 @@ async def _stream_reply(
 ) -> AssistantMessage:
     """Stream one model reply, publishing its events; append it to the history.
 
-    If the stream fails or is cancelled, the text that arrived is kept in the
-    history as an aborted reply (without its unfinished tool calls).
+    A retryable provider error before any chunk was consumed is retried as
+    ``agent.retry`` says, with a ``retry`` event before each wait. Once output has
+    arrived nothing is retried: if the stream then fails or is cancelled, the text
+    that arrived is kept in the history as an aborted reply (without its unfinished
+    tool calls) and the error is raised.
     """
     request = _build_request(agent, context)
-    state = StreamState()
-    try:
-        async with agent.provider.stream(request) as batches:
-            await emit([events.MessageSent(step=step, model=request.model or agent.provider.model)])
-            async for batch in batches:
-                published: list[events.BaseEvent] = []
-                for chunk in batch:
-                    transition = reduce_stream(state, chunk)
-                    state = transition.state
-                    published.extend(transition.events)
-                if published:
-                    await emit(published)
-    except BaseException:
-        # Only text is kept: a reply holding nothing but reasoning is not a valid
-        # assistant message for every provider, and unfinished tool calls never ran.
-        if state.text is not None:
-            partial = assemble(state)
-            partial = msgspec.structs.replace(partial, tool_calls=[], aborted=True)
-            context.append(partial)
-            await emit.final([events.AssistantFinal(message=partial)])
-        raise
+    attempt = 0
+    while True:
+        attempt += 1
+        state = StreamState()
+        consumed = False
+        try:
+            async with agent.provider.stream(request) as batches:
+                model = request.model or agent.provider.model
+                await emit([events.MessageSent(step=step, model=model)])
+                async for batch in batches:
+                    consumed = True
+                    published: list[events.BaseEvent] = []
+                    for chunk in batch:
+                        transition = reduce_stream(state, chunk)
+                        state = transition.state
+                        published.extend(transition.events)
+                    if published:
+                        await emit(published)
+            break
+        except ProviderError as exc:
+            delay = None if consumed else retry_delay(agent.retry, attempt, exc)
+            if delay is None:
+                await _keep_partial(context, emit, state)
+                raise
+            retrying = events.Retrying(
+                attempt=attempt, delay=delay, error_type=type(exc).__name__, message=str(exc)
+            )
+        except BaseException:
+            await _keep_partial(context, emit, state)
+            raise
+        await emit([retrying])
+        await trio.sleep(delay)
     reply = assemble(state, call_id_prefix=f"call_{secrets.token_hex(4)}")
     context.append(reply)
     await emit([events.AssistantFinal(message=reply)])
     return reply
+
+
+async def _keep_partial(context: Context, emit: _Emitter, state: StreamState) -> None:
+    """Keep the text of an interrupted reply in the history, marked aborted.
+
+    Only text is kept: a reply holding nothing but reasoning is not a valid assistant
+    message for every provider, and unfinished tool calls never ran.
+    """
+    if state.text is None:
+        return
+    partial = msgspec.structs.replace(assemble(state), tool_calls=[], aborted=True)
+    context.append(partial)
+    await emit.final([events.AssistantFinal(message=partial)])
 
 
 def _build_request(agent: Agent, context: Context) -> Request:

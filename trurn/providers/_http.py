@@ -235,18 +235,16 @@ def error_from_response(
         f"{message}",
         secrets,
     )
-    if cls is RateLimitError:
-        error: ProviderError = RateLimitError(
-            text,
-            status_code=status,
-            provider=provider,
-            retry_after=parse_retry_after(response.headers, now=now),
-        )
-        if code == "insufficient_quota" or kind == "insufficient_quota":
-            # OpenAI's "you have run out of credits" comes as a 429 too; waiting won't help.
-            error.retryable = False
-        return error
-    return cls(text, status_code=status, provider=provider)
+    error = cls(
+        text,
+        status_code=status,
+        provider=provider,
+        retry_after=parse_retry_after(response.headers, now=now),
+    )
+    if cls is RateLimitError and "insufficient_quota" in (code, kind):
+        # OpenAI's "you have run out of credits" comes as a 429 too; waiting won't help.
+        error.retryable = False
+    return error
 
 
 def error_from_payload(
