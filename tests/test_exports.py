@@ -15,6 +15,7 @@ PUBLIC = {
     "BaseTool",
     "Broadcast",
     "BroadcastStatistics",
+    "ConfigurationError",
     "Context",
     "ContextOverflowError",
     "FunctionTool",

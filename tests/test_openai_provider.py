@@ -344,6 +344,208 @@ async def test_base_url_query_string_is_kept() -> None:
     )
 
 
+WEATHER = ToolSpec("get_weather", "Current weather.", {"type": "object", "properties": {}})
+CLOCK = ToolSpec("get_time", "Current time.", {"type": "object", "properties": {}})
+
+
+def body_of(request: Request, **options: Any) -> dict[str, Any]:
+    from trurn.providers._openai import encode_request
+
+    return json.loads(encode_request(request, model="m", **options))  # type: ignore[no-any-return]
+
+
+def no_duplicate_keys(raw: bytes) -> dict[str, Any]:
+    """``raw`` decoded, failing if any object in it names a key twice."""
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        assert len(keys) == len(set(keys)), f"duplicate keys in {keys}"
+        return dict(pairs)
+
+    return json.loads(raw, object_pairs_hook=pairs_hook)  # type: ignore[no-any-return]
+
+
+async def test_stop_seed_parallel_tool_calls_and_reasoning_effort_on_the_wire() -> None:
+    server, _ = streaming(HELLO)
+    request = Request(
+        messages=[UserMessage("hi")],
+        tools=[WEATHER],
+        stop=("\n\n", "END"),
+        seed=42,
+        parallel_tool_calls=False,
+        reasoning_effort="high",
+        temperature=0.0,
+        max_tokens=64,
+    )
+    async with client_for(server) as client:
+        await collect(OpenAIChat("m", base_url=BASE_URL, client=client), request)
+    body = server.body
+    assert body["stop"] == ["\n\n", "END"]
+    assert body["seed"] == 42
+    assert body["parallel_tool_calls"] is False
+    assert body["reasoning_effort"] == "high"
+    assert body["temperature"] == 0.0
+    assert body["max_tokens"] == 64
+    assert "tool_choice" not in body
+
+
+def test_tool_options_are_left_out_without_tools() -> None:
+    request = Request(
+        messages=[UserMessage("hi")], tool_choice="get_weather", parallel_tool_calls=True
+    )
+    body = body_of(request)
+    assert "tool_choice" not in body
+    assert "parallel_tool_calls" not in body
+    assert "tools" not in body
+
+
+def test_empty_stop_list_is_left_out() -> None:
+    assert "stop" not in body_of(Request(messages=[UserMessage("hi")], stop=[]))
+
+
+@pytest.mark.parametrize("mode", ["auto", "none", "required"])
+def test_tool_choice_modes_go_as_they_are(mode: str) -> None:
+    request = Request(messages=[UserMessage("hi")], tools=[WEATHER], tool_choice=mode)
+    assert body_of(request)["tool_choice"] == mode
+
+
+def test_tool_choice_naming_a_tool_forces_that_function() -> None:
+    request = Request(messages=[UserMessage("hi")], tools=[WEATHER, CLOCK], tool_choice="get_time")
+    assert body_of(request)["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "get_time"},
+    }
+
+
+@pytest.mark.parametrize("choice", ["get_wether", "", "AUTO"])
+async def test_tool_choice_naming_an_unknown_tool_is_refused_before_sending(choice: str) -> None:
+    server, _ = streaming(HELLO)
+    request = Request(messages=[UserMessage("hi")], tools=[WEATHER, CLOCK], tool_choice=choice)
+    async with client_for(server) as client:
+        provider = OpenAIChat("m", base_url=BASE_URL, client=client)
+        with pytest.raises(ValueError, match="tool_choice") as caught:
+            await collect(provider, request)
+    assert repr(choice) in str(caught.value)
+    assert "'get_weather', 'get_time'" in str(caught.value)
+    assert server.requests == []
+
+
+async def test_extra_body_is_merged_last_and_replaces_options() -> None:
+    server, _ = streaming(HELLO)
+    request = Request(
+        messages=[UserMessage("hi")],
+        tools=[WEATHER],
+        tool_choice="auto",
+        temperature=0.2,
+        seed=1,
+        extra_body={
+            "temperature": 0.9,
+            "tool_choice": "none",
+            "top_p": 0.5,
+            "response_format": {"type": "json_object"},
+            "provider": {"order": ["groq", "together"], "allow_fallbacks": False},
+        },
+    )
+    async with client_for(server) as client:
+        await collect(OpenAIChat("m", base_url=BASE_URL, client=client), request)
+    raw = server.requests[0].content
+    body = no_duplicate_keys(raw)
+    assert body["temperature"] == 0.9
+    assert body["tool_choice"] == "none"
+    assert body["seed"] == 1
+    assert body["top_p"] == 0.5
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["provider"] == {"order": ["groq", "together"], "allow_fallbacks": False}
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert body["model"] == "m"
+    assert body["stream"] is True
+    assert list(body)[-5:] == ["temperature", "tool_choice", "top_p", "response_format", "provider"]
+
+
+def test_extra_body_can_send_an_explicit_null_and_replace_the_max_tokens_field() -> None:
+    request = Request(
+        messages=[UserMessage("hi")],
+        max_tokens=10,
+        extra_body={"max_completion_tokens": 20, "max_tokens": None},
+    )
+    from trurn.providers._openai import encode_request
+
+    body = no_duplicate_keys(encode_request(request, model="m"))
+    assert body["max_tokens"] is None
+    assert body["max_completion_tokens"] == 20
+
+
+def test_empty_or_mapping_extra_body() -> None:
+    from types import MappingProxyType
+
+    from trurn.providers._openai import encode_request
+
+    plain = Request(messages=[UserMessage("hi")])
+    empty = Request(messages=[UserMessage("hi")], extra_body={})
+    proxy = Request(messages=[UserMessage("hi")], extra_body=MappingProxyType({"user": "u1"}))
+    assert encode_request(empty, model="m") == encode_request(plain, model="m")
+    assert body_of(proxy)["user"] == "u1"
+
+
+@pytest.mark.parametrize("key", ["model", "messages", "stream", "stream_options"])
+async def test_extra_body_may_not_replace_the_call_itself(key: str) -> None:
+    server, _ = streaming(HELLO)
+    request = Request(messages=[UserMessage("hi")], extra_body={"top_p": 1, key: "x"})
+    async with client_for(server) as client:
+        provider = OpenAIChat("m", base_url=BASE_URL, client=client)
+        with pytest.raises(ValueError, match=f"extra_body may not set '{key}'"):
+            await collect(provider, request)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ({1: "x"}, "extra_body keys must be strings, got 1"),
+        ({"when": object()}, "extra_body does not encode as JSON"),
+    ],
+)
+def test_extra_body_that_cannot_go_on_the_wire(extra: dict[Any, Any], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        body_of(Request(messages=[UserMessage("hi")], extra_body=extra))
+
+
+async def test_query_parameters_are_added_to_the_url() -> None:
+    server, _ = streaming(HELLO)
+    async with client_for(server) as client:
+        provider = OpenAIChat(
+            "m",
+            base_url="https://az.example.test/openai/deployments/d?keep=1&api-version=old",
+            client=client,
+            query={"api-version": "2024-10-21", "extra": "a b"},
+        )
+        await collect(provider)
+    url = server.requests[0].url
+    assert url.path == "/openai/deployments/d/chat/completions"
+    assert list(url.params.multi_items()) == [
+        ("keep", "1"),
+        ("api-version", "2024-10-21"),
+        ("extra", "a b"),
+    ]
+
+
+async def test_query_secrets_stay_out_of_errors() -> None:
+    payload = openai_error("bad signature QUERY-SECRET-1 for deployment")
+    server, _ = streaming(payload, status=403, headers={"content-type": "application/json"})
+    async with client_for(server) as client:
+        provider = OpenAIChat(
+            "m",
+            base_url=BASE_URL,
+            client=client,
+            query={"api-version": "2024-10-21", "sig": "QUERY-SECRET-1"},
+        )
+        with pytest.raises(PermissionDeniedError) as caught:
+            await collect(provider)
+    assert "bad signature" in str(caught.value)
+    assert "QUERY-SECRET-1" not in str(caught.value)
+    assert "2024-10-21" not in str(caught.value)  # URLs in errors show no query at all
+
+
 @pytest.mark.parametrize("base_url", ["", "not a url", "ftp://example.test/v1", "/v1"])
 def test_bad_base_url_is_refused(base_url: str) -> None:
     with pytest.raises(ValueError, match="base_url"):

@@ -17,6 +17,7 @@ from ._context import get_last_total_tokens as get_last_total_tokens
 from ._context import get_last_usage as get_last_usage
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BadRequestError as BadRequestError
+from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ContextOverflowError as ContextOverflowError
 from ._errors import MalformedStreamError as MalformedStreamError
 from ._errors import NotFoundError as NotFoundError
@@ -60,6 +61,7 @@ __all__ = [
     "BaseTool",
     "Broadcast",
     "BroadcastStatistics",
+    "ConfigurationError",
     "Context",
     "ContextOverflowError",
     "FunctionTool",

@@ -1,9 +1,17 @@
 """The ``trurn`` command: run one agent turn in the terminal, or serve the offline model.
 
 ``trurn run "question"`` streams a turn (text as it arrives, tool calls and their
-results marked). With no ``--base-url`` it starts trurn's scripted OpenAI-compatible
-server in-process and uses its built-in offline model, so it works with no network
-and no key. ``trurn mock-server --port N`` serves that model to other clients.
+results marked). The model comes from ``--model``, a provider string such as
+``anthropic:claude-sonnet-4-5`` (see :func:`trurn.providers.provider_from_string` for the
+prefixes and the environment variables they read), or from ``--base-url`` and a bare
+model name for any OpenAI-compatible server. With neither, it starts trurn's scripted
+OpenAI-compatible server in-process and uses its built-in offline model, so it works with
+no network and no key. ``trurn mock-server --port N`` serves that model to other clients.
+
+Exit status: 0 when the turn ran, 1 when the provider or the turn failed (a refused key,
+an unreachable server), 2 for bad arguments or configuration (argparse's usage errors,
+and a :class:`~trurn.ConfigurationError` such as a missing API key, printed as one
+``trurn: error:`` line), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -11,19 +19,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TextIO
 
+import httpx
 import trio
 
 from . import events
 from ._agent import Agent
 from ._context import Context
-from ._errors import TrurnError
+from ._errors import ConfigurationError, TrurnError
 from ._tools import tool
 from ._version import __version__
-from .providers import OpenAIChat
+from .providers import OpenAIChat, Provider
+from .providers._select import provider_from_string
 from .testing import demo_model, open_scripted_server, serve_scripted_server
 
 if sys.version_info < (3, 11):
@@ -32,6 +42,21 @@ if sys.version_info < (3, 11):
 __all__ = ["main"]
 
 _OFFLINE_MODEL = "trurn-offline"
+_BASE_URL_MODEL = "gpt-4o-mini"
+_BASE_URL_KEY_ENV = "OPENAI_API_KEY"
+# The prefixes provider_from_string knows; with --base-url, a model that starts with one
+# is a provider string given by mistake, not a model name.
+_PREFIXES = ("openai", "anthropic", "ollama", "openai-compatible")
+# Replies may take minutes to stream; connecting should not.
+_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+_EPILOG = """\
+provider strings for --model:
+  openai:MODEL                 key from OPENAI_API_KEY, base URL from OPENAI_BASE_URL if set
+  anthropic:MODEL              key from ANTHROPIC_API_KEY, base URL from ANTHROPIC_BASE_URL
+  ollama:MODEL                 http://localhost:11434/v1 (or OLLAMA_HOST), no key
+  openai-compatible:MODEL@URL  key from OPENAI_API_KEY if set
+exit status: 0 done, 1 the provider or the turn failed, 2 bad arguments or configuration
+"""
 
 _FORECASTS = ["sunny, 22°C", "light rain, 14°C", "cloudy, 17°C", "clear skies, 9°C", "snow, -2°C"]
 
@@ -62,15 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trurn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run one agent turn and stream it")
+    run = commands.add_parser(
+        "run",
+        help="run one agent turn and stream it",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("message", help="what to ask the agent")
-    run.add_argument("--base-url", help="an OpenAI-compatible API, e.g. http://localhost:11434/v1")
-    run.add_argument("--model", help="model name (default: gpt-4o-mini with --base-url)")
+    run.add_argument(
+        "--model",
+        help="a provider string such as openai:gpt-4o-mini or anthropic:claude-sonnet-4-5 "
+        "(see below), or with --base-url a bare model name (default: gpt-4o-mini); "
+        "with neither, the built-in offline model",
+    )
+    run.add_argument(
+        "--base-url",
+        help="an OpenAI-compatible API for a bare --model name, e.g. http://localhost:8000/v1",
+    )
     run.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
         metavar="VAR",
-        help="environment variable holding the API key (default: OPENAI_API_KEY)",
+        help="environment variable holding the API key (default: OPENAI_API_KEY with "
+        "--base-url, where an unset one sends no key; the provider's own with --model)",
     )
     run.add_argument("--system", help="system prompt")
     run.add_argument(
@@ -120,21 +158,56 @@ class _Printer:
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    async with httpx.AsyncClient(timeout=_TIMEOUT) as client:
+        provider = _chosen_provider(args, os.environ, client)
+        if provider is not None:
+            return await _turn(provider, args, out)
+        async with open_scripted_server(demo_model) as server:
+            out.write(f"(using the built-in offline model, served at {server.base_url})\n")
+            offline = OpenAIChat(_OFFLINE_MODEL, base_url=server.base_url, client=client)
+            return await _turn(offline, args, out)
+
+
+def _chosen_provider(
+    args: argparse.Namespace, env: Mapping[str, str], client: httpx.AsyncClient
+) -> Provider | None:
+    """The provider ``--model``, ``--base-url`` and ``--api-key-env`` name; ``None`` for the
+    offline model. Raises :class:`ConfigurationError` for a combination that does not work."""
+    model: str | None = args.model
+    key_env: str | None = args.api_key_env
     if args.base_url:
-        api_key = os.environ.get(args.api_key_env) or None
-        provider = OpenAIChat(args.model or "gpt-4o-mini", base_url=args.base_url, api_key=api_key)
-        return await _turn(provider, args, out)
-    async with open_scripted_server(demo_model) as server:
-        out.write(f"(using the built-in offline model, served at {server.base_url})\n")
-        provider = OpenAIChat(args.model or _OFFLINE_MODEL, base_url=server.base_url)
-        return await _turn(provider, args, out)
+        # Today's form: any OpenAI-compatible server, a bare model name, a key if one is set.
+        prefix = (model or "").partition(":")[0].strip().lower()
+        if prefix in _PREFIXES:
+            raise ConfigurationError(
+                f"--model {prefix}:... is a provider string: drop --base-url, or write "
+                "--model openai-compatible:MODEL@URL"
+            )
+        api_key = env.get(key_env or _BASE_URL_KEY_ENV) or None
+        try:
+            return OpenAIChat(
+                model or _BASE_URL_MODEL, base_url=args.base_url, api_key=api_key, client=client
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"--base-url: {exc}") from None
+    if model is None:
+        return None
+    if ":" not in model:
+        raise ConfigurationError(
+            f"--model {model} needs a provider prefix (e.g. openai:{model}) or a --base-url"
+        )
+    api_key = None
+    if key_env is not None:
+        api_key = env.get(key_env) or None
+        if api_key is None:
+            raise ConfigurationError(f"set {key_env} (named by --api-key-env) to the API key")
+    return provider_from_string(model, api_key=api_key, client=client, env=env)
 
 
-async def _turn(provider: OpenAIChat, args: argparse.Namespace, out: TextIO) -> int:
-    async with provider:
-        agent = Agent(provider, tools=[get_weather], system=args.system, max_steps=args.max_steps)
-        out.write(f"you> {args.message}\n")
-        await agent.run_turn(Context(), args.message, on_event=_Printer(out))
+async def _turn(provider: Provider, args: argparse.Namespace, out: TextIO) -> int:
+    agent = Agent(provider, tools=[get_weather], system=args.system, max_steps=args.max_steps)
+    out.write(f"you> {args.message}\n")
+    await agent.run_turn(Context(), args.message, on_event=_Printer(out))
     return 0
 
 
@@ -161,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return trio.run(_run, args, out)
         return trio.run(_serve, args.port, out)
+    except ConfigurationError as exc:  # nothing was sent: a usage error, like argparse's
+        out.flush()
+        print(f"trurn: error: {exc}", file=sys.stderr)
+        return 2
     except TrurnError as exc:
         out.flush()
         print(f"trurn: error: {exc}", file=sys.stderr)

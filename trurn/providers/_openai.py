@@ -56,7 +56,8 @@ _ERROR_BODY_LIMIT = 65536
 # After [DONE], how much more body (bytes) and time (seconds) we read before closing.
 _DRAIN_LIMIT = 65536
 _DRAIN_GRACE = 1.0
-_SECRET_HEADER_HINTS = ("auth", "key", "token", "secret", "cookie")
+# Header and query parameter names whose values are masked in errors ("sig": Azure SAS).
+_SECRET_HINTS = ("auth", "key", "token", "secret", "cookie", "sig", "password")
 
 
 # --- request wire format ---------------------------------------------------------------
@@ -109,21 +110,39 @@ class _WireStreamOptions(msgspec.Struct):
     include_usage: bool
 
 
+class _WireFunctionName(msgspec.Struct):
+    name: str
+
+
+class _WireNamedToolChoice(msgspec.Struct):
+    type: Literal["function"]
+    function: _WireFunctionName
+
+
 class _WireRequest(msgspec.Struct, omit_defaults=True):
     model: str
     messages: list[_WireMessage]
     stream: bool
     stream_options: _WireStreamOptions
     tools: list[_WireToolDef] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | _WireNamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     temperature: float | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
     reasoning_effort: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
 _STREAM_OPTIONS = _WireStreamOptions(include_usage=True)
+# The fields that make the call a streaming chat call; ``extra_body`` may not replace them.
+_RESERVED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+# The option fields ``extra_body`` may replace: they are left out of the encoded Struct
+# (set to their ``None`` default) so the spliced-in value is the only one on the wire.
+_OPTION_FIELDS = frozenset(_WireRequest.__struct_fields__) - _RESERVED_FIELDS
+_TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 
 
 def _wire_message(message: Message) -> _WireMessage:
@@ -178,9 +197,19 @@ def encode_request(
 ) -> bytes:
     """The JSON body of a streaming Chat Completions call for ``request``.
 
-    Options that are ``None`` are left out; ``tool_choice`` only goes with tools.
-    Reasoning and thinking blocks of earlier replies are not sent back: the Chat
-    Completions API has no field for them.
+    Options that are ``None`` are left out. ``tool_choice`` and ``parallel_tool_calls``
+    only go with tools (the API refuses them otherwise); a ``tool_choice`` other than
+    ``"auto"``, ``"none"`` or ``"required"`` names one of the request's tools and goes
+    as ``{"type": "function", "function": {"name": ...}}``. ``stop`` goes as a list
+    (an empty one is left out). Reasoning and thinking blocks of earlier replies are
+    not sent back: the Chat Completions API has no field for them.
+
+    ``request.extra_body`` is merged in last, at the JSON level: the Struct is encoded
+    without the options ``extra_body`` replaces, ``extra_body`` is encoded on its own,
+    and the two objects are spliced into one (no dict is built from the Struct). Raises
+    :class:`ValueError` for an ``extra_body`` key that would replace ``model``,
+    ``messages``, ``stream`` or ``stream_options``, a key that is not a string, a value
+    that does not encode as JSON, or a ``tool_choice`` naming a tool the request lacks.
     """
     tools = [_wire_tool(spec) for spec in request.tools] or None
     body = _WireRequest(
@@ -189,15 +218,61 @@ def encode_request(
         stream=True,
         stream_options=_STREAM_OPTIONS,
         tools=tools,
-        tool_choice=request.tool_choice if tools else None,
+        tool_choice=_tool_choice(request) if tools else None,
+        parallel_tool_calls=request.parallel_tool_calls if tools else None,
         temperature=request.temperature,
+        stop=list(request.stop) if request.stop else None,
+        seed=request.seed,
         reasoning_effort=request.reasoning_effort,
     )
     if max_tokens_field == "max_completion_tokens":
         body.max_completion_tokens = request.max_tokens
     else:
         body.max_tokens = request.max_tokens
-    return _encoder.encode(body)
+    extra = request.extra_body
+    if not extra:
+        return _encoder.encode(body)
+    return _merge_extra_body(body, extra)
+
+
+def _tool_choice(request: Request) -> str | _WireNamedToolChoice | None:
+    choice = request.tool_choice
+    if choice is None or choice in _TOOL_CHOICE_MODES:
+        return choice
+    if not any(spec.name == choice for spec in request.tools):
+        names = ", ".join(repr(spec.name) for spec in request.tools)
+        raise ValueError(
+            f"tool_choice {choice!r} is not 'auto', 'none', 'required' or the name of one "
+            f"of the request's tools ({names})"
+        )
+    return _WireNamedToolChoice(type="function", function=_WireFunctionName(name=choice))
+
+
+def _merge_extra_body(body: _WireRequest, extra: Mapping[str, Any]) -> bytes:
+    # Splicing two encoded objects keeps the history (the bulk of the body) out of any
+    # dict: it is encoded once, straight from the Structs, as without extra_body.
+    replaced: dict[str, None] = {}
+    for key in extra:
+        if not isinstance(key, str):
+            raise ValueError(f"extra_body keys must be strings, got {key!r}")
+        if key in _RESERVED_FIELDS:
+            raise ValueError(
+                f"extra_body may not set {key!r}: trurn sets model, messages, stream and "
+                "stream_options itself (use Request.model to change the model)"
+            )
+        if key in _OPTION_FIELDS:
+            replaced[key] = None
+    try:
+        tail = _encoder.encode(extra if isinstance(extra, dict) else dict(extra))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValueError(f"extra_body does not encode as JSON: {exc}") from exc
+    if replaced:
+        body = msgspec.structs.replace(body, **replaced)
+    head = _encoder.encode(body)
+    # head is a non-empty object ("model" is always there): b'{...}'; tail is b'{...}'.
+    if tail == b"{}":
+        return head
+    return head[:-1] + b"," + tail[1:]
 
 
 # --- response wire format --------------------------------------------------------------
@@ -575,6 +650,15 @@ class _ChatStream:
         return b"".join(parts)[:_ERROR_BODY_LIMIT]
 
 
+def _secret_values(pairs: Mapping[str, str]) -> list[str]:
+    """The values in ``pairs`` whose names hint at a secret, to mask in error messages."""
+    return [
+        value
+        for name, value in pairs.items()
+        if value and any(hint in name.lower() for hint in _SECRET_HINTS)
+    ]
+
+
 def _is_event_stream(content_type: str) -> bool:
     return content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
@@ -594,6 +678,20 @@ class OpenAIChat:
     ``async with OpenAIChat(...) as provider``). ``max_tokens_field`` names the field
     that carries ``Request.max_tokens``: ``"max_tokens"``, or ``"max_completion_tokens"``
     for OpenAI's reasoning models, which refuse the former.
+
+    ``headers`` are sent with every request and replace trurn's own of the same name
+    (``Authorization`` included): ``{"api-key": ...}`` for Azure OpenAI,
+    ``{"HTTP-Referer": ..., "X-Title": ...}`` for OpenRouter. ``query`` holds query
+    parameters added to the URL of every request, such as Azure's
+    ``{"api-version": "2024-10-21"}``; a query string already in ``base_url`` is kept,
+    and ``query`` wins where both name the same parameter. Values of headers and query
+    parameters whose names hint at a secret (``auth``, ``key``, ``token``, ``secret``,
+    ``sig``...) are masked in error messages, and URLs in errors never show their query.
+
+    The :class:`~trurn.providers.Request` options go on the wire as the API spells them
+    (see :func:`encode_request`): ``temperature``, ``max_tokens``, ``stop``, ``seed``,
+    ``tool_choice``, ``parallel_tool_calls``, ``reasoning_effort``, a per-request
+    ``model``, and ``extra_body`` for anything else the server accepts.
     """
 
     def __init__(
@@ -605,6 +703,7 @@ class OpenAIChat:
         client: httpx.AsyncClient | None = None,
         headers: Mapping[str, str] | None = None,
         max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        query: Mapping[str, str] | None = None,
     ) -> None:
         if not model:
             raise ValueError("OpenAIChat needs a model name")
@@ -622,7 +721,10 @@ class OpenAIChat:
                 f"got {max_tokens_field!r}"
             )
         self._model = model
-        self._url = base.copy_with(path=base.path.rstrip("/") + "/chat/completions")
+        url = base.copy_with(path=base.path.rstrip("/") + "/chat/completions")
+        if query:
+            url = url.copy_merge_params(query)
+        self._url = url
         # For error messages; computed once, as parsing URLs costs more than a chunk does.
         self._url_text = describe_url(self._url)
         self._max_tokens_field = max_tokens_field
@@ -635,11 +737,9 @@ class OpenAIChat:
             secrets.append(api_key)
         if headers:
             self._headers.update(headers)
-            secrets.extend(
-                value
-                for name, value in headers.items()
-                if value and any(hint in name.lower() for hint in _SECRET_HEADER_HINTS)
-            )
+            secrets.extend(_secret_values(headers))
+        if query:
+            secrets.extend(_secret_values(query))
         self._secrets = tuple(secrets)
         self._client = client
         self._owns_client = client is None

@@ -25,6 +25,9 @@ __all__ = [
     "Fault",
     "FunctionDefinition",
     "MalformedChunk",
+    "MessagesMessage",
+    "MessagesRequest",
+    "MessagesTool",
     "Reply",
     "RequestFunctionCall",
     "RequestToolCall",
@@ -130,6 +133,124 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+# --------------------------------------------------------------------------- Anthropic requests
+# A POST /v1/messages body, parsed, then normalised into a ChatRequest so one script
+# (and demo_model) answers both endpoints.
+
+
+class MessagesTool(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of an Anthropic request's ``tools``."""
+
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
+class MessagesMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of an Anthropic request: a string or a list of content blocks."""
+
+    role: str
+    content: str | list[dict[str, Any]]
+
+
+class MessagesRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A parsed ``POST /v1/messages`` body (fields the server does not know are ignored)."""
+
+    model: str
+    max_tokens: int
+    messages: list[MessagesMessage]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[MessagesTool] | None = None
+    tool_choice: dict[str, Any] | None = None
+    stream: bool = False
+    temperature: float | None = None
+    stop_sequences: list[str] | None = None
+    thinking: dict[str, Any] | None = None
+
+    def to_chat(self) -> ChatRequest:
+        """The same conversation as a :class:`ChatRequest`, which scripts receive.
+
+        ``system`` becomes a system message; text blocks become ``content``; thinking
+        becomes ``reasoning_content``; ``tool_use`` blocks become ``tool_calls`` (their
+        ``input`` encoded as JSON); each ``tool_result`` block becomes a ``tool`` message,
+        in place. Other blocks (images, server tools) are left out.
+        """
+        messages: list[ChatMessage] = []
+        if self.system:
+            messages.append(ChatMessage(role="system", content=_blocks_text(self.system)))
+        for message in self.messages:
+            messages.extend(_chat_messages(message))
+        tools = [
+            ToolDefinition(
+                function=FunctionDefinition(
+                    name=tool.name, description=tool.description, parameters=tool.input_schema
+                )
+            )
+            for tool in self.tools or ()
+        ]
+        return ChatRequest(
+            model=self.model,
+            messages=messages,
+            tools=tools or None,
+            tool_choice=self.tool_choice,
+            stream=self.stream,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+
+
+def _blocks_text(content: str | list[dict[str, Any]]) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(
+        block["text"]
+        for block in content
+        if block.get("type") == "text" and isinstance(block.get("text"), str)
+    )
+
+
+def _chat_messages(message: MessagesMessage) -> list[ChatMessage]:
+    if isinstance(message.content, str):
+        return [ChatMessage(role=message.role, content=message.content)]
+    out: list[ChatMessage] = []
+    text: list[str] = []
+    thinking: list[str] = []
+    calls: list[RequestToolCall] = []
+    for block in message.content:
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            text.append(block["text"])
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            thinking.append(block["thinking"])
+        elif kind == "tool_use":
+            arguments = msgspec.json.encode(block.get("input", {})).decode()
+            calls.append(
+                RequestToolCall(
+                    id=str(block.get("id", "")),
+                    function=RequestFunctionCall(str(block.get("name", "")), arguments),
+                )
+            )
+        elif kind == "tool_result":
+            content = block.get("content", "")
+            out.append(
+                ChatMessage(
+                    role="tool",
+                    tool_call_id=str(block.get("tool_use_id", "")),
+                    content=content if isinstance(content, (str, list)) else str(content),
+                )
+            )
+    if text or thinking or calls or not out:
+        out.append(
+            ChatMessage(
+                role=message.role,
+                content="".join(text),
+                tool_calls=calls or None,
+                reasoning_content="".join(thinking) or None,
+            )
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -150,7 +271,11 @@ class StatusError(msgspec.Struct, frozen=True, tag_field="fault", tag="status_er
     """Answer with an HTTP error status instead of a stream.
 
     The body is an OpenAI-style error, ``{"error": {"message", "type", "param", "code"}}``;
-    ``message``, ``type`` and ``code`` default to what OpenAI sends for that status.
+    ``message``, ``type`` and ``code`` default to what OpenAI sends for that status. On
+    the Anthropic endpoint it is Anthropic's ``{"type": "error", "error": {"type",
+    "message"}}``, with Anthropic's defaults (401 ``authentication_error``, 429
+    ``rate_limit_error``, 500 ``api_error``, 529 ``overloaded_error``, 400
+    ``invalid_request_error``...), and ``code`` is not sent.
     ``retry_after`` (seconds) becomes a ``Retry-After`` header; ``headers`` are added as
     they are. ``body`` replaces the JSON body verbatim (with ``content_type``), e.g. to
     send an HTML page, possibly with status 200.
@@ -182,9 +307,10 @@ class StatusError(msgspec.Struct, frozen=True, tag_field="fault", tag="status_er
 class MalformedChunk(msgspec.Struct, frozen=True, tag_field="fault", tag="malformed_chunk"):
     """Send ``data: <data>`` (not JSON by default) instead of the chunk at index ``at``.
 
-    Chunk indices count the reply's ``data:`` events from 0 (the role chunk). An ``at``
-    past the last chunk puts the bad event just before ``data: [DONE]``. The rest of
-    the stream is sent normally.
+    Chunk indices count the reply's ``data:`` events from 0 (the role chunk; on the
+    Anthropic endpoint, ``message_start``, pings included). An ``at`` past the last
+    chunk puts the bad event just before ``data: [DONE]`` (or ``message_stop``). The
+    rest of the stream is sent normally.
     """
 
     at: int
@@ -196,7 +322,11 @@ class MalformedChunk(msgspec.Struct, frozen=True, tag_field="fault", tag="malfor
 
 
 class ErrorChunk(msgspec.Struct, frozen=True, tag_field="fault", tag="error_chunk"):
-    """After ``after`` chunks, send ``data: {"error": {...}}`` and end the stream (no [DONE])."""
+    """After ``after`` chunks, send ``data: {"error": {...}}`` and end the stream (no [DONE]).
+
+    On the Anthropic endpoint: ``event: error`` with ``{"type": "error", "error":
+    {"type", "message"}}`` (the default ``server_error`` is sent as ``api_error``).
+    """
 
     after: int
     message: str = "The server had an error while processing your request."
@@ -217,7 +347,8 @@ class DropConnection(msgspec.Struct, frozen=True, tag_field="fault", tag="drop_c
 
 
 class EndWithoutDone(msgspec.Struct, frozen=True, tag_field="fault", tag="end_without_done"):
-    """After ``after`` chunks, end the response cleanly, without [DONE].
+    """After ``after`` chunks, end the response cleanly, without [DONE] (or, on the
+    Anthropic endpoint, without ``message_stop``).
 
     Pick ``after`` before the finish chunk to also leave out ``finish_reason``.
     """
@@ -275,6 +406,15 @@ class Reply(msgspec.Struct, frozen=True):
     The server waits ``chunk_delay`` seconds (``trio.sleep``, so virtual clocks apply)
     before each event, ``data: [DONE]`` included. ``fault`` makes the reply go wrong;
     ``model`` overrides the request's model in the chunks.
+
+    On the Anthropic endpoint the same reply is a thinking block (``thinking_delta``
+    pieces, then a ``signature_delta``), a text block (``text_delta`` pieces), a
+    ``tool_use`` block per call (``input_json_delta`` pieces, ids ``toolu_<n>``), and a
+    ``message_delta`` whose stop reason is the finish reason in Anthropic's words
+    (``stop`` → ``end_turn``, ``tool_calls`` → ``tool_use``, ``length`` →
+    ``max_tokens``, ``content_filter`` → ``refusal``; others as they are). Usage is
+    always sent: the prompt in ``message_start`` (cached tokens as
+    ``cache_read_input_tokens``), the output in ``message_delta``.
     """
 
     text: str = ""

@@ -1,10 +1,12 @@
-"""A real OpenAI-compatible HTTP/1.1 server on loopback, driven by a script.
+"""A real OpenAI- and Anthropic-compatible HTTP/1.1 server on loopback, driven by a script.
 
 The server speaks just enough HTTP/1.1 for API clients (request line, headers,
 ``Content-Length`` bodies, keep-alive) and answers ``POST /v1/chat/completions`` with
 a Chat Completions stream: ``text/event-stream`` in a chunked body, one
-``data: {json}`` event per chunk, ending with ``data: [DONE]``. What each reply says,
-and how it goes wrong, comes from the script (see ``_script.py``).
+``data: {json}`` event per chunk, ending with ``data: [DONE]``; and ``POST /v1/messages``
+with an Anthropic Messages stream (``event: <type>`` / ``data: {json}`` pairs from
+``message_start`` to ``message_stop``). What each reply says, and how it goes wrong,
+comes from the script (see ``_script.py``); one script serves both endpoints.
 
 A reply's bytes are built once, by pure functions, before anything is sent; the async
 part only reads requests and writes those bytes. With no ``chunk_delay`` the whole
@@ -34,6 +36,7 @@ from ._script import (
     ErrorChunk,
     Fault,
     MalformedChunk,
+    MessagesRequest,
     Reply,
     Script,
     StatusError,
@@ -43,6 +46,7 @@ from ._script import (
 __all__ = ["ScriptedServer", "open_scripted_server", "serve_scripted_server"]
 
 _CHAT_PATH = "/v1/chat/completions"
+_MESSAGES_PATH = "/v1/messages"
 _READ_SIZE = 65536
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
@@ -116,8 +120,81 @@ class _WireErrorBody(msgspec.Struct):
     error: _WireError
 
 
+class _AnthropicError(msgspec.Struct):
+    type: str
+    message: str
+
+
+class _AnthropicErrorBody(msgspec.Struct, tag_field="type", tag="error"):
+    error: _AnthropicError
+
+
+class _AnthropicUsage(msgspec.Struct, omit_defaults=True):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    output_tokens_details: dict[str, int] | None = None
+
+
+class _AnthropicMessage(msgspec.Struct, kw_only=True):
+    id: str
+    type: str = "message"
+    role: str = "assistant"
+    model: str
+    content: list[dict[str, object]]
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
+    usage: _AnthropicUsage
+
+
+class _MessageStart(msgspec.Struct, tag_field="type", tag="message_start"):
+    message: _AnthropicMessage
+
+
+class _BlockStart(msgspec.Struct, tag_field="type", tag="content_block_start"):
+    index: int
+    content_block: dict[str, object]
+
+
+class _TextDelta(msgspec.Struct, tag_field="type", tag="text_delta"):
+    text: str
+
+
+class _InputJSONDelta(msgspec.Struct, tag_field="type", tag="input_json_delta"):
+    partial_json: str
+
+
+class _ThinkingDelta(msgspec.Struct, tag_field="type", tag="thinking_delta"):
+    thinking: str
+
+
+class _SignatureDelta(msgspec.Struct, tag_field="type", tag="signature_delta"):
+    signature: str
+
+
+class _BlockDelta(msgspec.Struct, tag_field="type", tag="content_block_delta"):
+    index: int
+    delta: _TextDelta | _InputJSONDelta | _ThinkingDelta | _SignatureDelta
+
+
+class _BlockStop(msgspec.Struct, tag_field="type", tag="content_block_stop"):
+    index: int
+
+
+class _StopDelta(msgspec.Struct):
+    stop_reason: str
+    stop_sequence: str | None = None
+
+
+class _MessageDelta(msgspec.Struct, tag_field="type", tag="message_delta"):
+    delta: _StopDelta
+    usage: _AnthropicUsage
+
+
 _encoder = msgspec.json.Encoder()
 _chat_request_decoder = msgspec.json.Decoder(ChatRequest)
+_messages_request_decoder = msgspec.json.Decoder(MessagesRequest)
 
 
 # --------------------------------------------------------------------------- HTTP parsing
@@ -328,6 +405,64 @@ def _status_error_response(fault: StatusError, *, close: bool) -> bytes:
     )
 
 
+# (type, message) Anthropic sends for a status, when the script does not say.
+_ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Bad request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
+    404: ("not_found_error", "The requested resource could not be found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of requests has exceeded your rate limit."),
+    500: ("api_error", "Internal server error"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def _anthropic_error_response(
+    status: int,
+    message: str,
+    *,
+    type: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    close: bool = False,
+) -> bytes:
+    """An Anthropic-style JSON error response (``type`` defaults from the status)."""
+    if type is None:
+        type = _anthropic_default_error(status)[0]
+    body = _encoder.encode(_AnthropicErrorBody(_AnthropicError(type=type, message=message)))
+    return _response(status, body, headers=headers, close=close)
+
+
+def _anthropic_default_error(status: int) -> tuple[str, str]:
+    default = _ANTHROPIC_ERRORS.get(status)
+    if default is not None:
+        return default
+    kind = "api_error" if status >= 500 else "invalid_request_error"
+    return kind, f"{_reason(status)}."
+
+
+def _anthropic_status_error_response(fault: StatusError, *, close: bool) -> bytes:
+    headers = list(fault.headers.items())
+    if fault.retry_after is not None:
+        headers.append(("retry-after", _format_seconds(fault.retry_after)))
+    if fault.body is not None:
+        body = fault.body.encode()
+        return _response(
+            fault.status, body, content_type=fault.content_type, headers=headers, close=close
+        )
+    default_type, default_message = _anthropic_default_error(fault.status)
+    return _anthropic_error_response(
+        fault.status,
+        default_message if fault.message is None else fault.message,
+        type=default_type if fault.type is None else fault.type,
+        headers=headers,
+        close=close,
+    )
+
+
 # --------------------------------------------------------------------------- streams
 
 _Ending = Literal["done", "end", "drop"]
@@ -432,6 +567,116 @@ def _reply_events(
     return events
 
 
+# Anthropic's stop reasons for the finish reasons a script names the OpenAI way.
+_ANTHROPIC_STOP_REASONS = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+_MESSAGE_STOP_EVENT = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+_PING_EVENT = b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+def _named(name: bytes, payload: bytes) -> bytes:
+    return b"event: " + name + b"\ndata: " + payload + b"\n\n"
+
+
+def _messages_events(reply: Reply, request: ChatRequest, *, message_id: str) -> list[bytes]:
+    """The SSE events of an Anthropic reply that goes right, without ``message_stop``.
+
+    ``message_start``, a ``ping`` after the first block starts (where the API sends one),
+    then a thinking block (``thinking_delta`` pieces and a ``signature_delta``), a text
+    block, one ``tool_use`` block per call (``input_json_delta`` pieces), and
+    ``message_delta`` with the stop reason and output usage.
+    """
+    usage = reply_usage(reply, request)
+    # Anthropic counts cached prompt tokens apart from input_tokens.
+    start_usage = _AnthropicUsage(
+        input_tokens=usage.input_tokens - usage.cached_input_tokens,
+        output_tokens=1,
+        cache_creation_input_tokens=0,
+        cache_read_input_tokens=usage.cached_input_tokens,
+    )
+    message = _AnthropicMessage(
+        id=message_id, model=reply.model or request.model, content=[], usage=start_usage
+    )
+    events = [_named(b"message_start", _encoder.encode(_MessageStart(message)))]
+    index = 0
+
+    def block(
+        start: dict[str, object],
+        deltas: list[_TextDelta | _InputJSONDelta | _ThinkingDelta | _SignatureDelta],
+    ) -> None:
+        nonlocal index
+        events.append(_named(b"content_block_start", _encoder.encode(_BlockStart(index, start))))
+        if index == 0:
+            events.append(_PING_EVENT)
+        events.extend(
+            _named(b"content_block_delta", _encoder.encode(_BlockDelta(index, delta)))
+            for delta in deltas
+        )
+        events.append(_named(b"content_block_stop", _encoder.encode(_BlockStop(index))))
+        index += 1
+
+    if reply.reasoning:
+        thinking: list[_TextDelta | _InputJSONDelta | _ThinkingDelta | _SignatureDelta] = [
+            _ThinkingDelta(piece) for piece in _split(reply.reasoning, reply.reasoning_chunks)
+        ]
+        thinking.append(_SignatureDelta(f"scripted-signature-{message_id}"))
+        block({"type": "thinking", "thinking": "", "signature": ""}, thinking)
+    if reply.text:
+        block(
+            {"type": "text", "text": ""},
+            [_TextDelta(piece) for piece in _split(reply.text, reply.text_chunks)],
+        )
+    # Ids count the conversation's tool calls, so they are unique within it and the same
+    # on every run.
+    call_number = 1 + sum(
+        len(message.tool_calls or ()) for message in request.messages if message.role == "assistant"
+    )
+    for number, call in enumerate(reply.tool_calls, call_number):
+        pieces = _split(call.arguments_text, call.chunks) or [""]
+        block(
+            {
+                "type": "tool_use",
+                "id": call.id or f"toolu_{number}",
+                "name": call.name,
+                "input": {},
+            },
+            [_InputJSONDelta(piece) for piece in pieces],
+        )
+    finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+    details = {"thinking_tokens": usage.reasoning_tokens} if usage.reasoning_tokens else None
+    end_usage = _AnthropicUsage(output_tokens=usage.output_tokens, output_tokens_details=details)
+    stop = _StopDelta(_ANTHROPIC_STOP_REASONS.get(finish, finish))
+    events.append(_named(b"message_delta", _encoder.encode(_MessageDelta(stop, end_usage))))
+    return events
+
+
+def _apply_messages_fault(events: list[bytes], fault: Fault | None) -> tuple[list[bytes], _Ending]:
+    """Like :func:`_apply_fault`, for an Anthropic stream (which ends in message_stop).
+
+    Event positions count every event from 0 (``message_start``), pings included. An
+    :class:`ErrorChunk` becomes an ``event: error``; its default ``server_error`` type is
+    sent as Anthropic's ``api_error``.
+    """
+    if fault is None:
+        return [*events, _MESSAGE_STOP_EVENT], "done"
+    if isinstance(fault, MalformedChunk):
+        bad = b"data: " + fault.data.encode() + b"\n\n"
+        return [*events[: fault.at], bad, *events[fault.at + 1 :], _MESSAGE_STOP_EVENT], "done"
+    if isinstance(fault, ErrorChunk):
+        kind = "api_error" if fault.type == "server_error" else fault.type
+        error = _AnthropicErrorBody(_AnthropicError(type=kind, message=fault.message))
+        return [*events[: fault.after], _named(b"error", _encoder.encode(error))], "end"
+    if isinstance(fault, DropConnection):
+        return events[: fault.after], "drop"
+    if isinstance(fault, EndWithoutDone):
+        return events[: fault.after], "end"
+    raise TypeError(f"{type(fault).__name__} is not a stream fault")
+
+
 def _apply_fault(events: list[bytes], fault: Fault | None) -> tuple[list[bytes], _Ending]:
     """The events actually sent, and how the response ends, once ``fault`` is applied."""
     if fault is None:
@@ -481,17 +726,21 @@ def _check_script(script: Script) -> None:
 class ScriptedServer:
     """A running scripted server.
 
-    ``base_url`` is what an OpenAI client needs (``http://127.0.0.1:<port>/v1``).
-    ``requests`` holds every chat request whose body parsed, in the order received
-    (those refused with 401 included), and ``request_headers`` their headers (names in
-    lower case), at the same positions. ``connections`` counts accepted connections;
-    ``replies_used`` counts the replies a sequence script has given so far.
+    ``base_url`` is what an OpenAI client needs (``http://127.0.0.1:<port>/v1``); the
+    Anthropic endpoint is ``{base_url}/messages``. ``requests`` holds every request
+    whose body parsed, in the order received (those refused with 401 included), as a
+    :class:`ChatRequest` (an Anthropic body is normalised with
+    :meth:`MessagesRequest.to_chat`); ``request_bodies`` holds their raw JSON bodies
+    and ``request_headers`` their headers (names in lower case), at the same positions.
+    ``connections`` counts accepted connections; ``replies_used`` counts the replies a
+    sequence script has given so far.
     """
 
     def __init__(self, script: Script, *, host: str, port: int, api_key: str | None) -> None:
         self.host = host
         self.port = port
         self.requests: list[ChatRequest] = []
+        self.request_bodies: list[bytes] = []
         self.request_headers: list[dict[str, str]] = []
         self.connections = 0
         self._script = script
@@ -518,6 +767,17 @@ class ScriptedServer:
         expected = f"Bearer {self._api_key}".encode()
         return hmac.compare_digest(headers.get("authorization", "").encode(), expected)
 
+    def _authorized_anthropic(self, headers: dict[str, str]) -> bool:
+        if self._api_key is None:
+            return True
+        expected = self._api_key.encode()
+        return hmac.compare_digest(headers.get("x-api-key", "").encode(), expected)
+
+    def _record(self, chat: ChatRequest, request: _HTTPRequest) -> None:
+        self.requests.append(chat)
+        self.request_bodies.append(request.body)
+        self.request_headers.append(request.headers)
+
     def _next_reply(self, request: ChatRequest) -> Reply | None:
         """The reply to ``request``, or ``None`` when a sequence script ran out."""
         script = self._script
@@ -538,6 +798,8 @@ class ScriptedServer:
         keep_alive = "close" not in request.headers.get("connection", "").lower()
         close = not keep_alive
         path = request.target.partition("?")[0]
+        if path == _MESSAGES_PATH:
+            return await self._respond_messages(stream, request, keep_alive=keep_alive)
         if path != _CHAT_PATH:
             message = f"Invalid URL ({request.method} {path})"
             await stream.send_all(_error_response(404, message, close=close))
@@ -558,8 +820,7 @@ class ScriptedServer:
             else:
                 await stream.send_all(self._unauthorized(request, close=close))
             return keep_alive
-        self.requests.append(chat)
-        self.request_headers.append(request.headers)
+        self._record(chat, request)
         if not authorized:
             await stream.send_all(self._unauthorized(request, close=close))
             return keep_alive
@@ -570,13 +831,8 @@ class ScriptedServer:
 
         reply = self._next_reply(chat)
         if reply is None:
-            count = len(self._script) if isinstance(self._script, Sequence) else 0
-            message = (
-                f"The scripted server's script ran out of replies: it had {count}, "
-                f"and this is request {len(self.requests)}."
-            )
             await stream.send_all(
-                _error_response(500, message, code="script_exhausted", close=close)
+                _error_response(500, self._exhausted(), code="script_exhausted", close=close)
             )
             return keep_alive
         if isinstance(reply.fault, StatusError):
@@ -586,6 +842,74 @@ class ScriptedServer:
         completion_id = f"chatcmpl-scripted-{len(self.requests)}"
         events = _reply_events(reply, chat, completion_id=completion_id, created=int(time.time()))
         events, ending = _apply_fault(events, reply.fault)
+        return await self._stream_events(stream, reply, events, ending, keep_alive=keep_alive)
+
+    def _exhausted(self) -> str:
+        count = len(self._script) if isinstance(self._script, Sequence) else 0
+        return (
+            f"The scripted server's script ran out of replies: it had {count}, "
+            f"and this is request {len(self.requests)}."
+        )
+
+    async def _respond_messages(
+        self, stream: trio.SocketStream, request: _HTTPRequest, *, keep_alive: bool
+    ) -> bool:
+        """Answer one ``/v1/messages`` request the way Anthropic's API does. Checkpoints."""
+        close = not keep_alive
+        if request.method != "POST":
+            message = f"Method {request.method} not allowed on {_MESSAGES_PATH}; use POST"
+            headers = [("allow", "POST")]
+            await stream.send_all(
+                _anthropic_error_response(405, message, headers=headers, close=close)
+            )
+            return keep_alive
+        authorized = self._authorized_anthropic(request.headers)
+        try:
+            parsed = _messages_request_decoder.decode(request.body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            if authorized:
+                message = f"Invalid request body: {exc}"
+                await stream.send_all(_anthropic_error_response(400, message, close=close))
+            else:
+                await stream.send_all(self._unauthorized_anthropic(request, close=close))
+            return keep_alive
+        chat = parsed.to_chat()
+        self._record(chat, request)
+        if not authorized:
+            await stream.send_all(self._unauthorized_anthropic(request, close=close))
+            return keep_alive
+        if "anthropic-version" not in request.headers:
+            message = "anthropic-version: header is required"
+            await stream.send_all(_anthropic_error_response(400, message, close=close))
+            return keep_alive
+        if not parsed.stream:
+            message = 'The scripted server only streams: send "stream": true'
+            await stream.send_all(_anthropic_error_response(400, message, close=close))
+            return keep_alive
+
+        reply = self._next_reply(chat)
+        if reply is None:
+            await stream.send_all(_anthropic_error_response(500, self._exhausted(), close=close))
+            return keep_alive
+        if isinstance(reply.fault, StatusError):
+            await stream.send_all(_anthropic_status_error_response(reply.fault, close=close))
+            return keep_alive
+        message_id = f"msg_scripted_{len(self.requests)}"
+        events = _messages_events(reply, chat, message_id=message_id)
+        events, ending = _apply_messages_fault(events, reply.fault)
+        return await self._stream_events(stream, reply, events, ending, keep_alive=keep_alive)
+
+    async def _stream_events(
+        self,
+        stream: trio.SocketStream,
+        reply: Reply,
+        events: list[bytes],
+        ending: _Ending,
+        *,
+        keep_alive: bool,
+    ) -> bool:
+        """Send a 200 event stream of ``events``, ended as ``ending`` says. Checkpoints."""
+        close = not keep_alive
         head = _stream_head(close=close)
         tail = b"" if ending == "drop" else _LAST_CHUNK
         if reply.chunk_delay == 0:
@@ -598,6 +922,13 @@ class ScriptedServer:
             if tail:
                 await stream.send_all(tail)
         return keep_alive and ending != "drop"
+
+    def _unauthorized_anthropic(self, request: _HTTPRequest, *, close: bool) -> bytes:
+        if "x-api-key" in request.headers:
+            message = "invalid x-api-key"
+        else:
+            message = "x-api-key header is required"
+        return _anthropic_error_response(401, message, close=close)
 
     def _unauthorized(self, request: _HTTPRequest, *, close: bool) -> bytes:
         if "authorization" in request.headers:
@@ -642,7 +973,7 @@ async def serve_scripted_server(
     :class:`ScriptedServer` is handed back once the socket listens (``port=0`` picks a
     free port). ``host`` must be a loopback address (or ``"localhost"``), else
     ``ValueError``. With ``api_key``, requests without ``Authorization: Bearer
-    <api_key>`` get a 401.
+    <api_key>`` (or ``x-api-key: <api_key>`` on the Anthropic endpoint) get a 401.
 
     Each connection runs in its own task; a client hanging up only ends its task.
     Cancelling closes the listener and every connection, mid-stream or not. An
