@@ -623,3 +623,18 @@ async def test_concurrent_tools_behind_a_slow_subscriber_keep_seq_order(
     assert seqs == list(range(1, len(seqs) + 1))  # every event, in seq order
     assert [e.seq for e in on_event] == seqs
     assert sum(isinstance(e, events.ToolOutput) for e in received) == 20
+
+
+async def test_a_paused_reply_is_sent_back_and_the_turn_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Anthropic's "pause_turn": a long server-side step stopped midway; the client sends
+    # the reply back unchanged and the model carries on.
+    paused = [[TextDelta("Searching...")], [Finish("pause_turn")]]
+    provider = FakeProvider([paused, text_reply("Found it.")])
+    result = await trurn.Agent(provider).run_turn(trurn.Context(), "x")
+    assert result.text == "Found it."
+    assert result.stop_reason == "completed"
+    second = provider.requests[1].messages
+    assert isinstance(second[-1], AssistantMessage)
+    assert second[-1].content == "Searching..."

@@ -143,6 +143,8 @@ async def play_turn(
                         await emit([_exit_event(result) for result in closed])
                     stop_reason = reply.finish_reason
                     break
+                if reply.finish_reason == "pause_turn" and not reply.tool_calls:
+                    continue  # the provider paused a long server-side step: send it back
                 if not reply.tool_calls:
                     stop_reason = "completed"
                     break
