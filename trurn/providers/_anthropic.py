@@ -16,13 +16,11 @@ verbatim.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Literal, NoReturn, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
 
 import httpx
 import msgspec
-import trio
 
 from .._chunks import (
     Chunk,
@@ -33,12 +31,7 @@ from .._chunks import (
     ThinkingSignature,
     ToolCallDelta,
 )
-from .._errors import (
-    MalformedStreamError,
-    ProviderConnectionError,
-    ProviderError,
-    ProviderTimeout,
-)
+from .._errors import MalformedStreamError, ProviderError
 from .._messages import (
     AssistantMessage,
     Message,
@@ -47,27 +40,20 @@ from .._messages import (
     Usage,
     UserMessage,
 )
-from .._sse import SSEDecoder
 from ._base import Request, ToolSpec
 from ._http import (
     WireError,
+    collect_secrets,
     describe_url,
     error_from_payload,
-    error_from_response,
     excerpt,
-    mask,
+    parse_base_url,
 )
+from ._streaming import ClientOwner, HTTPCall, SSEResponseStream
 
 __all__ = ["THINKING_BUDGETS", "AnthropicMessages", "encode_request", "stop_reason"]
 
 _PROVIDER = "anthropic-messages"
-_DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
-# How much of an error body we read: enough for any JSON error, bounded for a huge page.
-_ERROR_BODY_LIMIT = 65536
-# After message_stop, how much more body (bytes) and time (seconds) we read before closing.
-_DRAIN_LIMIT = 65536
-_DRAIN_GRACE = 1.0
-_SECRET_HEADER_HINTS = ("auth", "key", "token", "secret", "cookie")
 
 THINKING_BUDGETS: Mapping[str, int] = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
 """``reasoning_effort`` → extended-thinking ``budget_tokens`` (1024 is the API's minimum).
@@ -394,30 +380,20 @@ def _combine_usage(start: _WireUsage | None, end: _WireUsage | None) -> Usage:
 _PLAIN, _THINKING, _SERVER = 0, 1, 2
 
 
-class _MessagesStream:
-    """One streaming call: an async context manager that yields itself, an async
-    iterator of chunk batches.
+class _MessagesStream(SSEResponseStream):
+    """One streaming Messages call (see :class:`SSEResponseStream` for entering,
+    iterating and leaving).
 
-    Entering sends the request and checks the response; iterating reads it; leaving
-    closes it. An error the server sends inside the stream is raised on the iteration
-    *after* the batch holding the chunks decoded before it, so no partial output is lost.
+    Iteration stops after ``message_stop``; a body that ends before it is a
+    :class:`~trurn.MalformedStreamError`, as is a payload that is not JSON. An ``error``
+    event is raised as the typed :class:`~trurn.ProviderError` (``overloaded_error`` →
+    :class:`~trurn.OverloadedError`, and so on) after the chunks that came before it.
     """
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        request: httpx.Request,
-        url_text: str,
-        secrets: tuple[str, ...],
-    ) -> None:
-        self._client = client
-        self._request = request
-        self._secrets = secrets
-        self._url = url_text
-        self._response: httpx.Response | None = None
-        self._bytes: AsyncGenerator[bytes, None] | None = None
-        self._sse = SSEDecoder()
-        self._error: ProviderError | None = None
+    _provider = _PROVIDER
+
+    def __init__(self, call: HTTPCall) -> None:
+        super().__init__(call)
         self._start_usage: _WireUsage | None = None
         self._finished = False  # Finish was reported
         # The open content block: its index, what its stop needs, and what it gathered.
@@ -425,168 +401,9 @@ class _MessagesStream:
         self._block_kind = _PLAIN
         self._block: dict[str, Any] | None = None
         self._parts: list[str] = []
-        # No more chunks will come: message_stop, an error, the end of the body, or closed.
-        self._done = False
-        # message_stop or an in-stream error arrived before the end of the body.
-        self._drain_pending = False
-        self._entered = False
 
-    @property
-    def response(self) -> httpx.Response | None:
-        """The HTTP response once the context is entered (status, headers such as
-        ``request-id``); closed when the context is left."""
-        return self._response
-
-    async def __aenter__(self) -> _MessagesStream:
-        """Send the request and wait for the response headers (a checkpoint).
-
-        Raises the typed :class:`~trurn.ProviderError` for a non-2xx status, a reply that
-        is not an event stream, a timeout or a connection failure. If this raises or is
-        cancelled, no response is left open.
-        """
-        if self._entered:
-            raise RuntimeError("a provider stream can be entered only once")
-        self._entered = True
-        try:
-            response = await self._client.send(self._request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(
-                f"no answer from {self._url} in time ({type(exc).__name__})", provider=_PROVIDER
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderConnectionError(
-                f"could not reach {self._url}: {self._describe(exc)}", provider=_PROVIDER
-            ) from exc
-        try:
-            if not response.is_success:
-                body = await self._read_some(response)
-                raise error_from_response(response, body, provider=_PROVIDER, secrets=self._secrets)
-            content_type = response.headers.get("content-type")
-            if content_type is not None and not _is_event_stream(content_type):
-                body = await self._read_some(response)
-                raise MalformedStreamError(
-                    f"expected an event stream from {self._url} but got {content_type!r}: "
-                    f"{excerpt(body)}",
-                    status_code=response.status_code,
-                    provider=_PROVIDER,
-                )
-        except BaseException:
-            await response.aclose()
-            raise
-        self._response = response
-        self._bytes = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the response (a checkpoint). Safe on error and under cancellation."""
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP response; idempotent."""
-        self._done = True
-        byte_iter, self._bytes = self._bytes, None
-        try:
-            if byte_iter is not None:
-                await byte_iter.aclose()
-        finally:
-            if self._response is not None:
-                try:
-                    await self._response.aclose()  # idempotent in httpx
-                except httpx.TransportError:
-                    pass  # the connection is dead already; there is nothing left to close
-
-    def __aiter__(self) -> _MessagesStream:
-        return self
-
-    async def __anext__(self) -> list[Chunk]:
-        """The chunks of the next network read (a checkpoint); never an empty batch.
-
-        Raises :class:`StopAsyncIteration` after ``message_stop``;
-        :class:`~trurn.MalformedStreamError` for a payload that is not JSON, or a body
-        that ended before ``message_stop``; :class:`~trurn.ProviderConnectionError` /
-        :class:`~trurn.ProviderTimeout` when the connection fails mid-reply; the typed
-        :class:`~trurn.ProviderError` for an ``error`` event (``overloaded_error`` →
-        :class:`~trurn.OverloadedError`, and so on).
-
-        An error found in the middle of a read is raised by the *next* call, after the
-        chunks decoded before it were returned. After ``message_stop`` (or such an
-        error), the next call first reads what is left of the body, at most 64 KiB for
-        at most a second, so the connection can be reused. Cancellation while waiting
-        for bytes ends the iteration; leaving the ``async with`` block closes the response.
-        """
-        if self._done:
-            await self._end()
-        byte_iter = self._bytes
-        if byte_iter is None:
-            raise RuntimeError("iterate a provider stream inside its 'async with' block")
-        while True:
-            try:
-                data = await byte_iter.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                raise MalformedStreamError(
-                    f"stream from {self._url} ended before the reply finished (no message_stop)",
-                    provider=_PROVIDER,
-                ) from None
-            except httpx.TimeoutException as exc:
-                self._done = True
-                raise ProviderTimeout(
-                    f"{self._url} stopped sending mid-reply ({type(exc).__name__})",
-                    provider=_PROVIDER,
-                ) from exc
-            except httpx.TransportError as exc:
-                self._done = True
-                raise ProviderConnectionError(
-                    f"connection to {self._url} failed mid-reply: {self._describe(exc)}",
-                    provider=_PROVIDER,
-                ) from exc
-            except httpx.DecodingError as exc:
-                self._done = True
-                raise MalformedStreamError(
-                    f"could not decode the body from {self._url}: {exc}", provider=_PROVIDER
-                ) from exc
-            except BaseException:  # Cancelled, KeyboardInterrupt: httpx's iterator is gone
-                self._done = True
-                raise
-            batch = self._decode(data)
-            if batch:
-                return batch
-            if self._done:
-                await self._end()
-
-    async def _end(self) -> NoReturn:
-        """Finish iteration: drain the body if message_stop or an error left some of it
-        unread, then raise the pending in-stream error, or StopAsyncIteration."""
-        if self._drain_pending:
-            self._drain_pending = False
-            await self._drain()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        raise StopAsyncIteration
-
-    async def _drain(self) -> None:
-        # What follows message_stop (or an error event) is normally just the end of the
-        # body. Reading it lets httpcore put the connection back in the pool, and lets
-        # httpx's nested async generators finish instead of being collected half-way.
-        # A server that keeps sending gets a bounded amount of patience, then is closed.
-        byte_iter = self._bytes
-        if byte_iter is None:
-            return
-        budget = _DRAIN_LIMIT
-        with trio.move_on_after(_DRAIN_GRACE):
-            try:
-                async for data in byte_iter:
-                    budget -= len(data)
-                    if budget < 0:
-                        break
-            except httpx.HTTPError:
-                pass  # the reply is complete; a failure after it changes nothing
+    def _missing_end(self) -> str | None:
+        return "no message_stop"  # only message_stop ends a reply
 
     def _decode(self, data: bytes) -> list[Chunk]:
         # The hot path: runs once per network read.
@@ -719,10 +536,6 @@ class _MessagesStream:
         if event.usage is not None:
             chunks.append(_combine_usage(self._start_usage, event.usage))
 
-    def _fail(self, error: ProviderError) -> None:
-        self._error = error
-        self._done = self._drain_pending = True
-
     def _malformed(self, what: str) -> MalformedStreamError:
         return MalformedStreamError(f"stream from {self._url} sent {what}", provider=_PROVIDER)
 
@@ -746,35 +559,11 @@ class _MessagesStream:
             )
         return error_from_payload(error, provider=_PROVIDER, secrets=self._secrets)
 
-    def _describe(self, exc: Exception) -> str:
-        return mask(str(exc) or type(exc).__name__, self._secrets)
-
-    async def _read_some(self, response: httpx.Response) -> bytes:
-        """Up to ``_ERROR_BODY_LIMIT`` bytes of the body, for an error message."""
-        parts: list[bytes] = []
-        size = 0
-        pieces = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        try:
-            async for piece in pieces:
-                parts.append(piece)
-                size += len(piece)
-                if size >= _ERROR_BODY_LIMIT:
-                    break
-        except httpx.TransportError:
-            pass  # the status alone still says what went wrong
-        finally:
-            await pieces.aclose()
-        return b"".join(parts)[:_ERROR_BODY_LIMIT]
-
-
-def _is_event_stream(content_type: str) -> bool:
-    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
-
 
 # --- the provider ------------------------------------------------------------------------
 
 
-class AnthropicMessages:
+class AnthropicMessages(ClientOwner):
     """A :class:`~trurn.providers.Provider` for the Anthropic Messages API.
 
     ``base_url`` is the API's root (``https://api.anthropic.com``); requests go to
@@ -801,14 +590,7 @@ class AnthropicMessages:
     ) -> None:
         if not model:
             raise ValueError("AnthropicMessages needs a model name")
-        try:
-            base = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"AnthropicMessages base_url is not a URL: {exc}") from exc
-        if base.scheme not in ("http", "https") or not base.host:
-            raise ValueError(
-                f"AnthropicMessages base_url must be an http(s) URL, got {describe_url(base)!r}"
-            )
+        base = parse_base_url(base_url, "AnthropicMessages")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(
                 f"AnthropicMessages max_tokens must be an int >= 1, got {max_tokens!r}"
@@ -832,21 +614,12 @@ class AnthropicMessages:
                 "anthropic-version": anthropic_version,
             }
         )
-        secrets: list[str] = []
         if api_key:
             self._headers["x-api-key"] = api_key
-            secrets.append(api_key)
         if headers:
             self._headers.update(headers)
-            secrets.extend(
-                value
-                for name, value in headers.items()
-                if value and any(hint in name.lower() for hint in _SECRET_HEADER_HINTS)
-            )
-        self._secrets = tuple(secrets)
-        self._client = client
-        self._owns_client = client is None
-        self._closed = False
+        self._secrets = collect_secrets(api_key, headers)
+        super().__init__(client)
 
     @property
     def model(self) -> str:
@@ -863,35 +636,8 @@ class AnthropicMessages:
         a request this API cannot express (see :func:`encode_request`). See
         :class:`_MessagesStream` for what entering, iterating and leaving do.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("this AnthropicMessages provider was closed")
+        self._check_open()
         body = encode_request(request, model=self._model, max_tokens=self._max_tokens)
-        client = self._client
-        if client is None:
-            client = self._client = httpx.AsyncClient(timeout=_DEFAULT_TIMEOUT)
+        client = self._http_client()
         http_request = client.build_request("POST", self._url, content=body, headers=self._headers)
-        return _MessagesStream(client, http_request, self._url_text, self._secrets)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client the provider made itself (a checkpoint); idempotent.
-
-        An injected client is left open: it belongs to the caller.
-        """
-        self._closed = True
-        client, self._client = self._client, None
-        if self._owns_client and client is not None:
-            await client.aclose()
-        else:
-            await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> AnthropicMessages:
-        await trio.lowlevel.checkpoint()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        return _MessagesStream(HTTPCall(client, http_request, self._url_text, self._secrets))

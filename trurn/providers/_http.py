@@ -12,7 +12,7 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -33,12 +33,14 @@ from .._errors import (
 
 __all__ = [
     "WireError",
+    "collect_secrets",
     "describe_url",
     "error_from_payload",
     "error_from_response",
     "excerpt",
     "is_context_overflow",
     "mask",
+    "parse_base_url",
     "parse_retry_after",
 ]
 
@@ -67,6 +69,8 @@ _KIND_BY_CODE: dict[str, type[ProviderError]] = {
     "api_error": ServerError,
 }
 _EXCERPT_CHARS = 200
+# Header and query parameter names whose values are masked in errors ("sig": Azure SAS).
+_SECRET_HINTS = ("auth", "key", "token", "secret", "cookie", "sig", "password")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
@@ -112,6 +116,18 @@ def describe_url(url: httpx.URL | str) -> str:
     """``url`` without query string or credentials, fit for an error message."""
     url = httpx.URL(url)
     return str(url.copy_with(query=None, fragment=None, username=None, password=None))
+
+
+def parse_base_url(base_url: str, owner: str) -> httpx.URL:
+    """``base_url`` as an ``httpx.URL``; a :class:`ValueError` that names ``owner`` (the
+    provider class) unless it is an http(s) URL with a host."""
+    try:
+        base = httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{owner} base_url is not a URL: {exc}") from exc
+    if base.scheme not in ("http", "https") or not base.host:
+        raise ValueError(f"{owner} base_url must be an http(s) URL, got {describe_url(base)!r}")
+    return base
 
 
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
@@ -163,6 +179,21 @@ def mask(message: str, secrets: Iterable[str]) -> str:
         if secret:
             message = message.replace(secret, "[redacted]")
     return message
+
+
+def collect_secrets(api_key: str | None, *named: Mapping[str, str] | None) -> tuple[str, ...]:
+    """What :func:`mask` hides in a provider's errors: ``api_key``, and the values in
+    ``named`` (headers, query parameters) whose names hint at a secret (``auth``, ``key``,
+    ``token``, ``secret``, ``cookie``, ``sig``, ``password``)."""
+    secrets = [api_key] if api_key else []
+    for pairs in named:
+        if pairs:
+            secrets.extend(
+                value
+                for name, value in pairs.items()
+                if value and any(hint in name.lower() for hint in _SECRET_HINTS)
+            )
+    return tuple(secrets)
 
 
 def _parse_error_body(body: bytes) -> tuple[str | None, str | int | None, str | None]:

@@ -12,21 +12,14 @@ provider-neutral chunks without dicts, string formatting or logging.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
-from types import TracebackType
-from typing import Any, Literal, NoReturn, cast
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import httpx
 import msgspec
-import trio
 
 from .._chunks import Chunk, Finish, ReasoningDelta, TextDelta, ToolCallDelta
-from .._errors import (
-    MalformedStreamError,
-    ProviderConnectionError,
-    ProviderError,
-    ProviderTimeout,
-)
+from .._errors import MalformedStreamError, ProviderError
 from .._messages import (
     AssistantMessage,
     Message,
@@ -36,28 +29,20 @@ from .._messages import (
     Usage,
     UserMessage,
 )
-from .._sse import SSEDecoder
 from ._base import Request, ToolSpec
 from ._http import (
     WireError,
+    collect_secrets,
     describe_url,
     error_from_payload,
-    error_from_response,
     excerpt,
-    mask,
+    parse_base_url,
 )
+from ._streaming import ClientOwner, HTTPCall, SSEResponseStream
 
 __all__ = ["OpenAIChat"]
 
 _PROVIDER = "openai-chat"
-_DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
-# How much of an error body we read: enough for any JSON error, bounded for a huge page.
-_ERROR_BODY_LIMIT = 65536
-# After [DONE], how much more body (bytes) and time (seconds) we read before closing.
-_DRAIN_LIMIT = 65536
-_DRAIN_GRACE = 1.0
-# Header and query parameter names whose values are masked in errors ("sig": Azure SAS).
-_SECRET_HINTS = ("auth", "key", "token", "secret", "cookie", "sig", "password")
 
 
 # --- request wire format ---------------------------------------------------------------
@@ -354,198 +339,35 @@ def _usage(wire: _WireUsage) -> Usage:
 # --- the stream --------------------------------------------------------------------------
 
 
-class _ChatStream:
-    """One streaming call: an async context manager that yields itself, an async
-    iterator of chunk batches.
+class _ChatStream(SSEResponseStream):
+    """One streaming Chat Completions call (see :class:`SSEResponseStream` for entering,
+    iterating and leaving).
 
-    Entering sends the request and checks the response; iterating reads it; leaving
-    closes it. Errors the provider sends inside the stream are raised on the
-    iteration *after* the batch holding the chunks decoded before them, so no partial
-    output is lost.
+    Iteration stops after ``[DONE]`` or at the end of the body; a body that ends with a
+    finish reason but no ``[DONE]`` is complete, one without a finish reason is a
+    :class:`~trurn.MalformedStreamError`, as is a payload that is not a chunk. An
+    ``error`` object in a chunk, or an ``event: error`` (Groq), is raised as the typed
+    :class:`~trurn.ProviderError` after the chunks that came before it.
     """
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        request: httpx.Request,
-        url_text: str,
-        secrets: tuple[str, ...],
-    ) -> None:
-        self._client = client
-        self._request = request
-        self._secrets = secrets
-        self._url = url_text
-        self._response: httpx.Response | None = None
-        self._bytes: AsyncGenerator[bytes, None] | None = None
-        self._sse = SSEDecoder()
-        self._error: ProviderError | None = None
+    _provider = _PROVIDER
+
+    def __init__(self, call: HTTPCall) -> None:
+        super().__init__(call)
         self._finish_reason: str | None = None
-        # No more chunks will come: [DONE], an error, the end of the body, or closed.
-        self._done = False
-        # [DONE] or an in-stream error arrived before the end of the body.
-        self._drain_pending = False
-        self._entered = False
 
-    @property
-    def response(self) -> httpx.Response | None:
-        """The HTTP response once the context is entered (status, headers such as
-        ``x-request-id``); closed when the context is left."""
-        return self._response
+    def _missing_end(self) -> str | None:
+        return None if self._finish_reason is not None else "no finish_reason and no [DONE]"
 
-    async def __aenter__(self) -> _ChatStream:
-        """Send the request and wait for the response headers (a checkpoint).
-
-        Raises the typed :class:`~trurn.ProviderError` for a non-2xx status, a reply that
-        is not an event stream, a timeout or a connection failure. If this raises or is
-        cancelled, no response is left open.
-        """
-        if self._entered:
-            raise RuntimeError("a provider stream can be entered only once")
-        self._entered = True
-        try:
-            response = await self._client.send(self._request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(
-                f"no answer from {self._url} in time ({type(exc).__name__})", provider=_PROVIDER
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ProviderConnectionError(
-                f"could not reach {self._url}: {self._describe(exc)}", provider=_PROVIDER
-            ) from exc
-        try:
-            if not response.is_success:
-                body = await self._read_some(response)
-                raise error_from_response(response, body, provider=_PROVIDER, secrets=self._secrets)
-            content_type = response.headers.get("content-type")
-            if content_type is not None and not _is_event_stream(content_type):
-                body = await self._read_some(response)
-                raise MalformedStreamError(
-                    f"expected an event stream from {self._url} but got {content_type!r}: "
-                    f"{excerpt(body)}",
-                    status_code=response.status_code,
-                    provider=_PROVIDER,
-                )
-        except BaseException:
-            await response.aclose()
-            raise
-        self._response = response
-        self._bytes = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the response (a checkpoint). Safe on error and under cancellation."""
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP response; idempotent."""
-        self._done = True
-        byte_iter, self._bytes = self._bytes, None
-        try:
-            if byte_iter is not None:
-                await byte_iter.aclose()
-        finally:
-            if self._response is not None:
-                try:
-                    await self._response.aclose()  # idempotent in httpx
-                except httpx.TransportError:
-                    pass  # the connection is dead already; there is nothing left to close
-
-    def __aiter__(self) -> _ChatStream:
-        return self
-
-    async def __anext__(self) -> list[Chunk]:
-        """The chunks of the next network read (a checkpoint); never an empty batch.
-
-        Raises :class:`StopAsyncIteration` after ``[DONE]`` or the end of the body (a
-        body that ends with a finish reason but no ``[DONE]`` is complete);
-        :class:`~trurn.MalformedStreamError` for a payload that is not a chunk, or a body
-        that ended before the reply finished; :class:`~trurn.ProviderConnectionError` /
-        :class:`~trurn.ProviderTimeout` when the connection fails mid-reply; the typed
-        :class:`~trurn.ProviderError` for an error the provider sent in the stream.
-
-        An error found in the middle of a read is raised by the *next* call, after the
-        chunks decoded before it were returned. After ``[DONE]`` (or such an error), the
-        next call first reads what is left of the body, at most 64 KiB for at most a
-        second, so the connection can be reused. Cancellation while waiting for bytes
-        ends the iteration; leaving the ``async with`` block closes the response.
-        """
-        if self._done:
-            await self._end()
-        byte_iter = self._bytes
-        if byte_iter is None:
-            raise RuntimeError("iterate a provider stream inside its 'async with' block")
-        while True:
-            try:
-                data = await byte_iter.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                if self._finish_reason is None:
-                    raise MalformedStreamError(
-                        f"stream from {self._url} ended before the reply finished "
-                        "(no finish_reason and no [DONE])",
-                        provider=_PROVIDER,
-                    ) from None
-                raise
-            except httpx.TimeoutException as exc:
-                self._done = True
-                raise ProviderTimeout(
-                    f"{self._url} stopped sending mid-reply ({type(exc).__name__})",
-                    provider=_PROVIDER,
-                ) from exc
-            except httpx.TransportError as exc:
-                self._done = True
-                raise ProviderConnectionError(
-                    f"connection to {self._url} failed mid-reply: {self._describe(exc)}",
-                    provider=_PROVIDER,
-                ) from exc
-            except httpx.DecodingError as exc:
-                self._done = True
-                raise MalformedStreamError(
-                    f"could not decode the body from {self._url}: {exc}", provider=_PROVIDER
-                ) from exc
-            except BaseException:  # Cancelled, KeyboardInterrupt: httpx's iterator is gone
-                self._done = True
-                raise
-            batch = self._decode(data)
-            if batch:
-                return batch
-            if self._done:
-                await self._end()
-
-    async def _end(self) -> NoReturn:
-        """Finish iteration: drain the body if [DONE] or an error left some of it unread,
-        then raise the pending in-stream error, or StopAsyncIteration."""
-        if self._drain_pending:
-            self._drain_pending = False
-            await self._drain()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        raise StopAsyncIteration
-
-    async def _drain(self) -> None:
-        # What follows [DONE] (or an in-stream error) is normally just the end of the body.
-        # Reading it lets httpcore put the connection back in the pool, and lets httpx's
-        # nested async generators finish instead of being collected half-way (which Trio
-        # reports as a ResourceWarning). A server that keeps sending, or keeps the
-        # response open, gets a bounded amount of patience, then the response is closed.
-        byte_iter = self._bytes
-        if byte_iter is None:
-            return
-        budget = _DRAIN_LIMIT
-        with trio.move_on_after(_DRAIN_GRACE):
-            try:
-                async for data in byte_iter:
-                    budget -= len(data)
-                    if budget < 0:
-                        break
-            except httpx.HTTPError:
-                pass  # the reply is complete; a failure after it changes nothing
+    def _responses_api(self, event: str) -> MalformedStreamError:
+        # A base_url that leads to OpenAI's newer Responses API: a different wire format
+        # (typed response.* events). Say so, rather than report a truncated stream.
+        return MalformedStreamError(
+            f"stream from {self._url} is an OpenAI Responses API stream (event {event!r}), "
+            "which OpenAIChat does not speak: point base_url at a server with "
+            "/chat/completions (Chat Completions)",
+            provider=_PROVIDER,
+        )
 
     def _decode(self, data: bytes) -> list[Chunk]:
         # The hot path: runs once per network read.
@@ -554,6 +376,9 @@ class _ChatStream:
             if event.event != "message":
                 if event.event == "error":  # Groq: "event: error" with {"error": {...}}
                     self._fail(self._error_event(event.data))
+                    break
+                if event.event.startswith("response."):
+                    self._fail(self._responses_api(event.event))
                     break
                 continue  # other event types are not part of this API; skip them
             payload = event.data
@@ -614,10 +439,6 @@ class _ChatStream:
             self._finish_reason = reason
             chunks.append(Finish(reason))
 
-    def _fail(self, error: ProviderError) -> None:
-        self._error = error
-        self._done = self._drain_pending = True
-
     def _error_event(self, data: bytes) -> ProviderError:
         try:
             wire = _chunk_decoder.decode(data)
@@ -629,44 +450,11 @@ class _ChatStream:
             )
         return error_from_payload(wire.error, provider=_PROVIDER, secrets=self._secrets)
 
-    def _describe(self, exc: Exception) -> str:
-        return mask(str(exc) or type(exc).__name__, self._secrets)
-
-    async def _read_some(self, response: httpx.Response) -> bytes:
-        """Up to ``_ERROR_BODY_LIMIT`` bytes of the body, for an error message."""
-        parts: list[bytes] = []
-        size = 0
-        pieces = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        try:
-            async for piece in pieces:
-                parts.append(piece)
-                size += len(piece)
-                if size >= _ERROR_BODY_LIMIT:
-                    break
-        except httpx.TransportError:
-            pass  # the status alone still says what went wrong
-        finally:
-            await pieces.aclose()
-        return b"".join(parts)[:_ERROR_BODY_LIMIT]
-
-
-def _secret_values(pairs: Mapping[str, str]) -> list[str]:
-    """The values in ``pairs`` whose names hint at a secret, to mask in error messages."""
-    return [
-        value
-        for name, value in pairs.items()
-        if value and any(hint in name.lower() for hint in _SECRET_HINTS)
-    ]
-
-
-def _is_event_stream(content_type: str) -> bool:
-    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
-
 
 # --- the provider ------------------------------------------------------------------------
 
 
-class OpenAIChat:
+class OpenAIChat(ClientOwner):
     """A :class:`~trurn.providers.Provider` for the OpenAI Chat Completions API.
 
     ``base_url`` points at any compatible server (``http://localhost:11434/v1`` for
@@ -707,14 +495,7 @@ class OpenAIChat:
     ) -> None:
         if not model:
             raise ValueError("OpenAIChat needs a model name")
-        try:
-            base = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"OpenAIChat base_url is not a URL: {exc}") from exc
-        if base.scheme not in ("http", "https") or not base.host:
-            raise ValueError(
-                f"OpenAIChat base_url must be an http(s) URL, got {describe_url(base)!r}"
-            )
+        base = parse_base_url(base_url, "OpenAIChat")
         if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
             raise ValueError(
                 "OpenAIChat max_tokens_field must be 'max_tokens' or 'max_completion_tokens', "
@@ -731,19 +512,12 @@ class OpenAIChat:
         self._headers = httpx.Headers(
             {"Accept": "text/event-stream", "Content-Type": "application/json"}
         )
-        secrets: list[str] = []
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-            secrets.append(api_key)
         if headers:
             self._headers.update(headers)
-            secrets.extend(_secret_values(headers))
-        if query:
-            secrets.extend(_secret_values(query))
-        self._secrets = tuple(secrets)
-        self._client = client
-        self._owns_client = client is None
-        self._closed = False
+        self._secrets = collect_secrets(api_key, headers, query)
+        super().__init__(client)
 
     @property
     def model(self) -> str:
@@ -751,7 +525,7 @@ class OpenAIChat:
         return self._model
 
     def __repr__(self) -> str:
-        return f"OpenAIChat({self._model!r}, base_url={describe_url(self._url)!r})"
+        return f"OpenAIChat({self._model!r}, base_url={self._url_text!r})"
 
     def stream(self, request: Request) -> _ChatStream:
         """Stream the reply to ``request``: ``async with provider.stream(request) as batches``.
@@ -759,35 +533,8 @@ class OpenAIChat:
         Nothing is sent until the context is entered. See :class:`_ChatStream` for what
         entering, iterating and leaving do.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("this OpenAIChat provider was closed")
+        self._check_open()
         body = encode_request(request, model=self._model, max_tokens_field=self._max_tokens_field)
-        client = self._client
-        if client is None:
-            client = self._client = httpx.AsyncClient(timeout=_DEFAULT_TIMEOUT)
+        client = self._http_client()
         http_request = client.build_request("POST", self._url, content=body, headers=self._headers)
-        return _ChatStream(client, http_request, self._url_text, self._secrets)
-
-    async def aclose(self) -> None:
-        """Close the HTTP client the provider made itself (a checkpoint); idempotent.
-
-        An injected client is left open: it belongs to the caller.
-        """
-        self._closed = True
-        client, self._client = self._client, None
-        if self._owns_client and client is not None:
-            await client.aclose()
-        else:
-            await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> OpenAIChat:
-        await trio.lowlevel.checkpoint()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        return _ChatStream(HTTPCall(client, http_request, self._url_text, self._secrets))
