@@ -1,9 +1,10 @@
 """Proof that both clients hold the same HTTP conversation, checked before measuring.
 
-One turn of each client against an in-process scripted server: the JSON bodies of their
-requests must be equal (as decoded JSON, so key order does not matter, and as sizes),
-and so must the request headers. A difference means the benchmark compares two
-different workloads, so run.py stops instead of printing numbers.
+For each wire format (OpenAI Chat Completions, Anthropic Messages), one turn of each
+client against an in-process scripted server: the JSON bodies of their requests must
+be equal (as decoded JSON, so key order does not matter), and so must the request
+headers (which include the bodies' sizes). A difference means the benchmark compares
+two different workloads, so run.py stops instead of printing numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import msgspec
 import trio
-from _scenario import REQUESTS_PER_TURN
+from _scenario import REQUESTS_PER_TURN, WIRES, Wire
 from _server import make_script
 from _worker import baseline_turns, trurn_turns
 
@@ -22,7 +23,7 @@ from trurn.testing import open_scripted_server
 __all__ = ["check_conversation"]
 
 
-async def _one_turn(client: str, base_url: str) -> list[Any]:
+async def _one_turn(client: str, base_url: str, wire: Wire) -> list[Any]:
     bodies: list[Any] = []
 
     async def record(request: httpx.Request) -> None:
@@ -30,9 +31,9 @@ async def _one_turn(client: str, base_url: str) -> list[Any]:
 
     async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
         turns = (
-            baseline_turns(http, base_url)
+            baseline_turns(http, base_url, wire)
             if client == "baseline"
-            else trurn_turns(http, base_url, subscriber=False)
+            else trurn_turns(http, base_url, wire, subscriber=False)
         )
         async with turns as turn:
             await turn()
@@ -50,24 +51,24 @@ def _differences(baseline: list[Any], trurn: list[Any]) -> list[str]:
     return found
 
 
-async def _check() -> int:
+async def _check(wire: Wire) -> int:
     async with open_scripted_server(make_script(0.0)) as server:
         base_url = server.base_url
-        baseline = await _one_turn("baseline", base_url)
+        baseline = await _one_turn("baseline", base_url, wire)
         baseline_headers = list(server.request_headers)
-        trurn = await _one_turn("trurn", base_url)
+        trurn = await _one_turn("trurn", base_url, wire)
         trurn_headers = server.request_headers[len(baseline_headers) :]
     problems = _differences(baseline, trurn)
     if baseline_headers != trurn_headers:
         problems.append(f"headers:\n  baseline {baseline_headers}\n  trurn    {trurn_headers}")
     if problems:
         raise RuntimeError(
-            "the baseline and trurn do not send the same requests:\n" + "\n".join(problems)
+            f"the baseline and trurn do not send the same {wire} requests:\n" + "\n".join(problems)
         )
     return sum(int(headers["content-length"]) for headers in baseline_headers)
 
 
-def check_conversation() -> int:
-    """Raise ``RuntimeError`` unless both clients send identical requests; return the
-    bytes of request bodies one turn sends."""
-    return trio.run(_check)
+def check_conversation() -> dict[Wire, int]:
+    """Raise ``RuntimeError`` unless both clients send identical requests, over every
+    wire format; return the bytes of request bodies one turn sends, by wire."""
+    return {wire: trio.run(_check, wire) for wire in WIRES}

@@ -5,11 +5,19 @@ client runs it and sends the result; the model calls ``lookup`` again; then it a
 in ``FINAL_TEXT_CHUNKS`` pieces. Both clients and the scripted server read these
 constants, and this module imports nothing but the standard library, so the baseline
 worker never loads trurn.
+
+The turn is played over either wire format (``WIRES``): OpenAI Chat Completions or
+Anthropic Messages. The scripted server answers both from the same script, so the
+conversation is the same; only its spelling, and so the number of streamed events,
+differs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+Wire = Literal["openai", "anthropic"]
+WIRES: tuple[Wire, ...] = ("openai", "anthropic")
 
 MODEL = "bench-model"
 USER_MESSAGE = "Look up alpha, then beta, and tell me what you found."
@@ -43,6 +51,19 @@ _TOOL_REPLY_CHUNKS = 1 + 1 + ARGUMENT_CHUNKS + 1 + 1
 _FINAL_REPLY_CHUNKS = 1 + FINAL_TEXT_CHUNKS + 1 + 1
 CHUNKS_PER_TURN = len(TOOL_KEYS) * _TOOL_REPLY_CHUNKS + _FINAL_REPLY_CHUNKS
 REQUESTS_PER_TURN = len(TOOL_KEYS) + 1
+
+# The same replies as Anthropic events: message_start, one content block (its start, a
+# ping after the first block's start, its deltas, its stop), message_delta and
+# message_stop. Every event is counted (the ping and message_stop too).
+_MESSAGE_EVENTS = 1 + 1 + 1  # message_start, message_delta, message_stop
+_BLOCK_EVENTS = 1 + 1 + 1  # content_block_start, ping, content_block_stop
+_TOOL_REPLY_EVENTS = _MESSAGE_EVENTS + _BLOCK_EVENTS + ARGUMENT_CHUNKS
+_FINAL_REPLY_EVENTS = _MESSAGE_EVENTS + _BLOCK_EVENTS + FINAL_TEXT_CHUNKS
+EVENTS_PER_TURN: dict[Wire, int] = {
+    "openai": CHUNKS_PER_TURN,
+    "anthropic": len(TOOL_KEYS) * _TOOL_REPLY_EVENTS + _FINAL_REPLY_EVENTS,
+}
+"""Streamed events (SSE ``data:`` payloads) per turn, by wire; ``[DONE]`` not counted."""
 
 
 def tool_result(key: str) -> str:

@@ -1,6 +1,7 @@
 """The trurn side: the benchmark turn as trurn's users write it.
 
-One :class:`trurn.Agent` with an ``OpenAIChat`` provider on the shared
+One :class:`trurn.Agent` with an ``OpenAIChat`` or ``AnthropicMessages`` provider
+(defaults only, as a user's first try would have them) on the shared
 ``httpx.AsyncClient``, and ``agent.run_turn(Context(), message)`` per turn. Concurrent
 turns share the agent, as an application serving many conversations would.
 """
@@ -12,10 +13,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 import trio
-from _scenario import MODEL, TOOL_DESCRIPTION, TOOL_NAME, tool_result
+from _scenario import MODEL, TOOL_DESCRIPTION, TOOL_NAME, Wire, tool_result
 
 import trurn
-from trurn.providers import OpenAIChat
+from trurn.providers import AnthropicMessages, OpenAIChat, Provider
 
 __all__ = ["make_agent", "reading_every_event"]
 
@@ -25,9 +26,14 @@ async def lookup(key: str) -> str:
     return tool_result(key)
 
 
-def make_agent(client: httpx.AsyncClient, base_url: str) -> trurn.Agent:
-    """An agent with the ``lookup`` tool, talking to ``base_url`` over ``client``."""
-    provider = OpenAIChat(MODEL, base_url=base_url, client=client)
+def make_agent(client: httpx.AsyncClient, base_url: str, wire: Wire = "openai") -> trurn.Agent:
+    """An agent with the ``lookup`` tool, talking to ``base_url`` (``.../v1``) over
+    ``client`` in the ``wire`` format."""
+    provider: Provider
+    if wire == "anthropic":
+        provider = AnthropicMessages(MODEL, base_url=base_url, client=client)
+    else:
+        provider = OpenAIChat(MODEL, base_url=base_url, client=client)
     return trurn.Agent(provider, tools=[lookup])
 
 

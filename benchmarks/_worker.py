@@ -1,6 +1,10 @@
 """One client measurement, in a fresh process: play turns, print what they cost as JSON.
 
-``python benchmarks/_worker.py CLIENT --base-url URL --concurrency C --rounds R``
+``python benchmarks/_worker.py CLIENT --base-url URL [--wire W] --concurrency C --rounds R``
+
+``--wire`` is ``openai`` (Chat Completions, the default) or ``anthropic`` (Messages):
+the baseline is then ``_baseline.py`` or ``_baseline_anthropic.py``, and trurn's agent
+uses ``OpenAIChat`` or ``AnthropicMessages``.
 
 A round starts ``C`` turns at once in one nursery (``C=1``: a single turn, so rounds
 run sequentially). Warm-up rounds fill the connection pool and the caches, then ``R``
@@ -36,10 +40,11 @@ from contextlib import (
 )
 
 import _baseline
+import _baseline_anthropic
 import httpcore
 import httpx
 import trio
-from _scenario import CHUNKS_PER_TURN, FINAL_TEXT, TOOL_KEYS, USER_MESSAGE
+from _scenario import EVENTS_PER_TURN, FINAL_TEXT, TOOL_KEYS, USER_MESSAGE, WIRES, Wire
 
 CLIENTS = ("baseline", "trurn", "trurn-subscriber")
 _POOL_BOOKKEEPING = "_assign_requests_to_connections"
@@ -62,27 +67,33 @@ def _expect_whole_turn(client: str, text: str | None, tool_calls: int) -> None:
 
 
 @asynccontextmanager
-async def baseline_turns(http: httpx.AsyncClient, base_url: str) -> AsyncIterator[Turn]:
-    url = base_url + "/chat/completions"
+async def baseline_turns(
+    http: httpx.AsyncClient, base_url: str, wire: Wire = "openai"
+) -> AsyncIterator[Turn]:
+    if wire == "anthropic":
+        url, run_turn = base_url + "/messages", _baseline_anthropic.run_turn
+    else:
+        url, run_turn = base_url + "/chat/completions", _baseline.run_turn
+    expected = EVENTS_PER_TURN[wire]
 
     async def turn() -> None:
-        outcome = await _baseline.run_turn(http, url, USER_MESSAGE)
+        outcome = await run_turn(http, url, USER_MESSAGE)
         _expect_whole_turn("baseline", outcome.text, outcome.tool_calls)
-        if outcome.chunks != CHUNKS_PER_TURN:
-            raise RuntimeError(f"baseline: {outcome.chunks} chunks, expected {CHUNKS_PER_TURN}")
+        if outcome.chunks != expected:
+            raise RuntimeError(f"baseline ({wire}): {outcome.chunks} events, expected {expected}")
 
     yield turn
 
 
 @asynccontextmanager
 async def trurn_turns(
-    http: httpx.AsyncClient, base_url: str, *, subscriber: bool
+    http: httpx.AsyncClient, base_url: str, wire: Wire = "openai", *, subscriber: bool
 ) -> AsyncIterator[Turn]:
     import _trurn_client
 
     import trurn
 
-    agent = _trurn_client.make_agent(http, base_url)
+    agent = _trurn_client.make_agent(http, base_url, wire)
 
     async def turn() -> None:
         result = await agent.run_turn(trurn.Context(), USER_MESSAGE)
@@ -164,10 +175,10 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     async with open_http_client(args.concurrency) as http:
         turns: AbstractAsyncContextManager[Turn]
         if args.client == "baseline":
-            turns = baseline_turns(http, args.base_url)
+            turns = baseline_turns(http, args.base_url, args.wire)
         else:
             subscriber = args.client == "trurn-subscriber"
-            turns = trurn_turns(http, args.base_url, subscriber=subscriber)
+            turns = trurn_turns(http, args.base_url, args.wire, subscriber=subscriber)
         async with turns as turn:
             await play_rounds(turn, args.concurrency, args.warmup_rounds)
             gc.collect()
@@ -179,6 +190,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 wall = time.perf_counter() - wall
     return {
         "client": args.client,
+        "wire": args.wire,
         "turns": args.concurrency * args.rounds,
         "cpu_s": cpu,
         "wall_s": wall,
@@ -211,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("client", choices=CLIENTS)
     parser.add_argument("--base-url", required=True, help="http://127.0.0.1:PORT/v1")
+    parser.add_argument("--wire", choices=WIRES, default="openai", help="API format")
     parser.add_argument("--concurrency", type=int, default=1, help="turns at once (default 1)")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
     parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds (default 1)")

@@ -9,16 +9,20 @@ Method
 **Client CPU per turn.** One turn is two tool rounds and a final answer: the model
 calls ``lookup`` (its arguments streamed in pieces), the client runs it and sends the
 result, the model calls it again, then answers in many small chunks (51 streamed chunks
-per turn, see ``_scenario.py``). The model is trurn's scripted OpenAI-compatible server
-(``trurn.testing``) in a process of its own (``_server.py``); each client measurement
-runs in a fresh process (``_worker.py``) that times its turns with
-``time.process_time()``, so only the client's CPU counts. The baseline
-(``_baseline.py``) is the same conversation written directly with httpx streaming, a
-hand-rolled SSE line splitter and a msgspec decoder; before measuring, ``_check.py``
-proves that both clients send equal JSON bodies with equal headers. Scenarios: one turn
-at a time, 100 turns at once, and 200 turns at once with 5 ms between chunks; trurn is
-measured bare and with one subscriber reading every event. Each figure is the median of
-the repetitions, run in alternating order; the peak RSS comes from the 200-turn workers.
+per turn over OpenAI Chat Completions, 58 events over Anthropic Messages, see
+``_scenario.py``). The model is trurn's scripted server (``trurn.testing``), which
+speaks both APIs from one script, in a process of its own (``_server.py``); each client
+measurement runs in a fresh process (``_worker.py``) that times its turns with
+``time.process_time()``, so only the client's CPU counts. The baselines
+(``_baseline.py`` for OpenAI, ``_baseline_anthropic.py`` for Anthropic) are the same
+conversation written directly with httpx streaming, a hand-rolled SSE line splitter and
+a msgspec decoder; before measuring, ``_check.py`` proves that, over each API, the
+baseline and trurn (``OpenAIChat`` / ``AnthropicMessages``) send equal JSON bodies with
+equal headers. Scenarios over OpenAI: one turn at a time, 100 turns at once, and 200
+turns at once with 5 ms between chunks; over Anthropic: one turn at a time and 100 turns
+at once. trurn is measured bare and with one subscriber reading every event. Each figure
+is the median of the repetitions, run in alternating order; the peak RSS comes from the
+200-turn workers.
 
 With many turns at once, httpcore's connection-pool bookkeeping takes a large and
 erratic share of both clients' CPU (it is quadratic in the idle connections), so the
@@ -56,7 +60,7 @@ import _fanout
 import _imports
 from _check import check_conversation
 from _report import Profile, Row, Target, markdown, own_functions, profiles_table, times, verdict
-from _scenario import CHUNKS_PER_TURN, REQUESTS_PER_TURN
+from _scenario import EVENTS_PER_TURN, REQUESTS_PER_TURN, Wire
 from _worker import CLIENTS
 
 import trurn
@@ -84,6 +88,7 @@ class Scenario:
     repetitions: int
     chunk_delay: float = 0.0
     clients: tuple[str, ...] = CLIENTS
+    wire: Wire = "openai"
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,8 @@ class Plan:
     fanout_repetitions: int
 
 
-# Sized to finish in about three minutes on two cores; one turn at a time is the noisiest
-# figure and the cheapest, hence more repetitions.
+# Sized to finish in about three and a half minutes on two cores; one turn at a time is the
+# noisiest figure and the cheapest, hence more repetitions.
 FULL = Plan(
     scenarios=(
         Scenario("1 turn at a time", concurrency=1, rounds=200, warmup_rounds=10, repetitions=5),
@@ -110,6 +115,22 @@ FULL = Plan(
             repetitions=3,
             chunk_delay=0.005,
             clients=("baseline", "trurn"),
+        ),
+        Scenario(
+            "Anthropic, 1 turn at a time",
+            concurrency=1,
+            rounds=200,
+            warmup_rounds=10,
+            repetitions=5,
+            wire="anthropic",
+        ),
+        Scenario(
+            "Anthropic, 100 turns at once",
+            concurrency=100,
+            rounds=2,
+            warmup_rounds=1,
+            repetitions=3,
+            wire="anthropic",
         ),
     ),
     import_runs=7,
@@ -129,6 +150,22 @@ QUICK = Plan(
             repetitions=1,
             chunk_delay=0.005,
             clients=("baseline", "trurn"),
+        ),
+        Scenario(
+            "Anthropic, 1 turn at a time",
+            concurrency=1,
+            rounds=30,
+            warmup_rounds=3,
+            repetitions=1,
+            wire="anthropic",
+        ),
+        Scenario(
+            "Anthropic, 20 turns at once",
+            concurrency=20,
+            rounds=1,
+            warmup_rounds=1,
+            repetitions=1,
+            wire="anthropic",
         ),
     ),
     import_runs=3,
@@ -189,6 +226,7 @@ def run_worker(
         str(HERE / "_worker.py"),
         client,
         f"--base-url={base_url}",
+        f"--wire={scenario.wire}",
         f"--concurrency={scenario.concurrency}",
         f"--rounds={scenario.rounds}",
         f"--warmup-rounds={scenario.warmup_rounds}",
@@ -248,10 +286,14 @@ def _scenario_rows(scenario: Scenario, results: dict[str, list[Report]]) -> list
     baseline = _cpu_ms(results["baseline"])
     for client in scenario.clients[1:]:
         what = f"Client CPU per turn, {scenario.label}"
+        # The target compares the same work. With a subscriber trurn does more than the
+        # baseline (a reader task taking every event), so that row is for information.
+        target: Target | None = CPU_TARGET
         if client == "trurn-subscriber":
             what += ", 1 subscriber"
+            target = None
         ours = _cpu_ms(results[client])
-        rows.append(Row(what, f"{baseline:.2f} ms", f"{ours:.2f} ms", ours / baseline, CPU_TARGET))
+        rows.append(Row(what, f"{baseline:.2f} ms", f"{ours:.2f} ms", ours / baseline, target))
     timed = all(report["pool_cpu_s"] is not None for report in results["baseline"])
     if scenario.concurrency > 1 and timed:
         baseline_rest = _cpu_ms(results["baseline"], outside_pool=True)
@@ -276,21 +318,25 @@ def _pool_share(reports: list[Report]) -> str:
 def client_rows(plan: Plan) -> tuple[list[Row], list[str]]:
     rows = []
     shares = []
-    results: dict[str, list[Report]] = {}
+    # The peak RSS comes from the most concurrent scenario (the first, if several are).
+    busiest = max(plan.scenarios, key=lambda scenario: scenario.concurrency)
+    busiest_results: dict[str, list[Report]] = {}
     for scenario in plan.scenarios:
         progress(f"client CPU: {scenario.label}")
         results = measure_scenario(scenario)
+        if scenario is busiest:
+            busiest_results = results
         rows += _scenario_rows(scenario, results)
         if scenario.concurrency > 1 and results["baseline"][0]["pool_cpu_s"] is not None:
             shares.append(
                 f"{scenario.label}: baseline {_pool_share(results['baseline'])}, "
                 f"trurn {_pool_share(results['trurn'])}"
             )
-    # The peak RSS of the most concurrent scenario, the last one.
-    baseline_rss, trurn_rss = _rss_mib(results["baseline"]), _rss_mib(results["trurn"])
+    baseline_rss = _rss_mib(busiest_results["baseline"])
+    trurn_rss = _rss_mib(busiest_results["trurn"])
     rows.append(
         Row(
-            f"Client peak RSS, {plan.scenarios[-1].label}",
+            f"Client peak RSS, {busiest.label}",
             f"{baseline_rss:.1f} MiB",
             f"{trurn_rss:.1f} MiB",
             trurn_rss / baseline_rss,
@@ -400,9 +446,13 @@ def profile_section(plan: Plan) -> str:
     goes, how much of it is httpcore's pool, and trurn's own hottest functions."""
     package = Path(trurn.__file__).resolve().parent
     rows: list[tuple[str, Profile]] = []
-    own = ""
+    # trurn's own hottest functions, in the first scenario of each wire format.
+    own: list[str] = []
+    wires_seen: set[str] = set()
     with tempfile.TemporaryDirectory() as directory:
         for number, scenario in enumerate(plan.scenarios):
+            first_of_wire = scenario.wire not in wires_seen
+            wires_seen.add(scenario.wire)
             with serving(scenario.chunk_delay) as base_url:
                 for client in ("baseline", "trurn"):
                     progress(f"profiling {client}: {scenario.label}")
@@ -414,14 +464,14 @@ def profile_section(plan: Plan) -> str:
                         path, client, turns, None if steps is None else int(steps)
                     )
                     rows.append((scenario.label, profile))
-                    if number == 0 and client == "trurn":
-                        own = own_functions(path, package, turns)
+                    if first_of_wire and client == "trurn":
+                        own.append(f"{scenario.label}: {own_functions(path, package, turns)}")
     return "\n\n".join(
         [
             "Profiles (cProfile, in separate runs from the timed ones; its overhead inflates "
             "every figure, so compare within a row's scenario only):",
             profiles_table(rows),
-            f"{plan.scenarios[0].label}: {own}",
+            *own,
         ]
     )
 
@@ -429,7 +479,7 @@ def profile_section(plan: Plan) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _environment(plan: Plan, request_bytes: int) -> str:
+def _environment(plan: Plan, request_bytes: dict[Wire, int]) -> str:
     versions = ", ".join(
         f"{name} {version(name)}" for name in ("trurn", "trio", "httpx", "msgspec")
     )
@@ -440,10 +490,12 @@ def _environment(plan: Plan, request_bytes: int) -> str:
     )
     return (
         f"Python {sys.version.split()[0]}, {versions}. Each client figure is the median over "
-        f"fresh processes ({scenarios}). A turn is {REQUESTS_PER_TURN} requests "
-        f"({request_bytes} bytes of JSON in all) and {CHUNKS_PER_TURN} streamed chunks; both "
-        "clients share one `httpx.AsyncClient` per process with a pool as large as the "
-        "concurrency."
+        f"fresh processes ({scenarios}). A turn is {REQUESTS_PER_TURN} requests: over "
+        f"OpenAI Chat Completions {request_bytes['openai']} bytes of JSON in all and "
+        f"{EVENTS_PER_TURN['openai']} streamed chunks, over Anthropic Messages "
+        f"{request_bytes['anthropic']} bytes and {EVENTS_PER_TURN['anthropic']} streamed "
+        "events. Both clients share one `httpx.AsyncClient` per process with a pool as large "
+        "as the concurrency."
     )
 
 
@@ -458,7 +510,7 @@ def main() -> int:
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
 
-    progress("checking that both clients send the same requests")
+    progress("checking that both clients send the same requests, over both APIs")
     try:
         request_bytes = check_conversation()
         rows, notes = client_rows(plan)
