@@ -638,3 +638,36 @@ async def test_a_paused_reply_is_sent_back_and_the_turn_goes_on(
     second = provider.requests[1].messages
     assert isinstance(second[-1], AssistantMessage)
     assert second[-1].content == "Searching..."
+
+
+async def test_agent_options_go_into_every_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    provider = FakeProvider([tool_reply(("c1", "get_weather", '{"city": "A"}')), text_reply("ok")])
+    agent = trurn.Agent(
+        provider,
+        tools=[get_weather],
+        model="override",
+        temperature=0.2,
+        max_tokens=99,
+        reasoning_effort="low",
+        tool_choice="required",
+        stop=["END"],
+        seed=7,
+        parallel_tool_calls=False,
+        extra_body={"top_k": 3},
+    )
+    await agent.run_turn(trurn.Context(), "x")
+    for request in provider.requests:
+        options = (
+            request.model,
+            request.temperature,
+            request.max_tokens,
+            request.reasoning_effort,
+            request.tool_choice,
+            request.stop,
+            request.seed,
+            request.parallel_tool_calls,
+            request.extra_body,
+        )
+        assert options == ("override", 0.2, 99, "low", "required", ["END"], 7, False, {"top_k": 3})

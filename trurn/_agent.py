@@ -7,7 +7,7 @@ a fresh in-memory history.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -44,11 +44,12 @@ class Agent:
     at a time. Every event of every turn goes to the agent's subscribers (see
     :meth:`subscribe`) with a ``seq`` that increases across turns.
 
+    ``temperature``, ``max_tokens``, ``reasoning_effort``, ``tool_choice``, ``stop``,
+    ``seed``, ``parallel_tool_calls``, ``extra_body`` and ``model`` go into every request
+    (see :class:`trurn.providers.Request`; ``None`` leaves the provider's default).
     ``max_steps`` bounds the model calls of one turn; ``max_concurrent_tools`` how
     many tool calls of one reply run at once; ``retry`` when a model call that failed
-    before any output is tried again (``None``: never). ``temperature``, ``max_tokens``,
-    ``reasoning_effort``, ``tool_choice`` and ``model`` are sent with every request
-    when set (``None`` leaves the provider's default).
+    before any output is tried again (``None``: never).
     """
 
     def __init__(
@@ -63,6 +64,10 @@ class Agent:
         max_tokens: int | None = None,
         reasoning_effort: str | None = None,
         tool_choice: str | None = None,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        parallel_tool_calls: bool | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         iteration_policy: IterationPolicy | None = None,
         max_concurrent_tools: int = 8,
         retry: RetryPolicy | None = DEFAULT_RETRY,
@@ -81,6 +86,10 @@ class Agent:
         self.max_tokens = max_tokens
         self.reasoning_effort = reasoning_effort
         self.tool_choice = tool_choice
+        self.stop = stop
+        self.seed = seed
+        self.parallel_tool_calls = parallel_tool_calls
+        self.extra_body = extra_body
         self.iteration_policy = iteration_policy
         self.max_concurrent_tools = max_concurrent_tools
         self.retry = retry or NO_RETRY

@@ -250,6 +250,10 @@ def _build_request(agent: Agent, context: Context) -> Request:
         max_tokens=agent.max_tokens,
         reasoning_effort=agent.reasoning_effort,
         tool_choice=agent.tool_choice,
+        stop=agent.stop,
+        seed=agent.seed,
+        parallel_tool_calls=agent.parallel_tool_calls,
+        extra_body=agent.extra_body,
     )
 
 
