@@ -170,3 +170,8 @@ async def test_http_429_with_retry_after_over_real_http(
     assert result.text == "ok"
     assert trio.current_time() - start == 4.0
     assert len(server.requests) == 2
+
+
+def test_a_huge_number_of_attempts_does_not_overflow() -> None:
+    policy = trurn.RetryPolicy(attempts=10_000, max_delay=30, jitter=0)
+    assert retry_delay(policy, 5_000, trurn.ServerError("x")) == 30

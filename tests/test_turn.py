@@ -671,3 +671,22 @@ async def test_agent_options_go_into_every_request(
             request.extra_body,
         )
         assert options == ("override", 0.2, 99, "low", "required", ["END"], 7, False, {"top_k": 3})
+
+
+async def test_an_interrupted_reply_keeps_only_real_text(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trurn._chunks import ServerToolBlock
+
+    async def interrupted(*steps: object) -> list[AssistantMessage]:
+        context = trurn.Context()
+        with trio.move_on_after(1):
+            await trurn.Agent(FakeProvider([[*steps, HANG]])).run_turn(context, "x")
+        return [m for m in context.messages if isinstance(m, AssistantMessage)]
+
+    # Blank text is not a valid assistant message: nothing is kept.
+    assert await interrupted([TextDelta("\n\n")]) == []
+    # A server tool call whose result never came is dropped; the text stays.
+    search = ServerToolBlock({"type": "server_tool_use", "id": "s1", "name": "web_search"})
+    [kept] = await interrupted([search, TextDelta("Looking")])
+    assert (kept.content, kept.server_blocks, kept.aborted) == ("Looking", [], True)

@@ -64,7 +64,10 @@ def retry_delay(
         return None
     if error.retry_after is not None:
         return error.retry_after if error.retry_after <= policy.max_retry_after else None
-    delay = min(policy.max_delay, policy.initial_delay * policy.multiplier ** (attempt - 1))
+    # The exponent is capped: past ~60 doublings every wait is max_delay anyway, and an
+    # uncapped power overflows a float for a huge ``attempts``.
+    growth = policy.multiplier ** min(attempt - 1, 64)
+    delay = min(policy.max_delay, policy.initial_delay * growth)
     if policy.jitter:
         delay *= uniform(1 - policy.jitter, 1 + policy.jitter)
     return delay

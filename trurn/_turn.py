@@ -228,12 +228,14 @@ async def _stream_reply(
 async def _keep_partial(context: Context, emit: _Emitter, state: StreamState) -> None:
     """Keep the text of an interrupted reply in the history, marked aborted.
 
-    Only text is kept: a reply holding nothing but reasoning is not a valid assistant
-    message for every provider, and unfinished tool calls never ran.
+    Only text is kept, and only if it is more than white space: providers reject an
+    assistant message of nothing but reasoning or blank text, unfinished tool calls
+    never ran, and a server tool call may lack the result that must follow it.
     """
-    if state.text is None:
+    reply = assemble(state)
+    if not (reply.content and reply.content.strip()):
         return
-    partial = msgspec.structs.replace(assemble(state), tool_calls=[], aborted=True)
+    partial = msgspec.structs.replace(reply, tool_calls=[], server_blocks=[], aborted=True)
     context.append(partial)
     await emit.final([events.AssistantFinal(message=partial)])
 
