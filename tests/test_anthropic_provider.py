@@ -37,6 +37,7 @@ from trurn._errors import (
 )
 from trurn._messages import (
     AssistantMessage,
+    Message,
     SystemMessage,
     ThinkingBlock,
     ToolCall,
@@ -46,6 +47,8 @@ from trurn._messages import (
 )
 from trurn.providers._anthropic import AnthropicMessages
 from trurn.providers._base import Provider, Request, ToolSpec
+from trurn.providers._http import error_from_response
+from trurn.providers._streaming import HTTPCall
 
 if TYPE_CHECKING:
     _static_check: Provider = AnthropicMessages("m")  # mypy: it satisfies the protocol
@@ -410,13 +413,17 @@ def test_tool_choice_naming_an_unknown_tool_is_refused() -> None:
 @pytest.mark.parametrize(
     ("effort", "max_tokens", "budget", "sent_max"),
     [
-        ("low", None, 1024, 4096),
-        ("medium", None, 4096, 8192),  # default 4096 does not exceed the budget: raised
+        # max_tokens is always the budget plus the room asked for the answer, on both
+        # sides of where max_tokens and the budget are equal.
+        ("low", None, 1024, 5120),  # the default 4096 is the answer's room
+        ("medium", None, 4096, 8192),
         ("high", None, 16384, 20480),
         ("high", 100, 16384, 16484),  # the answer keeps the 100 tokens asked for
+        ("high", 16383, 16384, 32767),
         ("high", 16384, 16384, 32768),
-        ("high", 20000, 16384, 20000),  # already room for the budget: left alone
-        ("minimal", 2000, 1024, 2000),
+        ("high", 16385, 16384, 32769),
+        ("high", 20000, 16384, 36384),
+        ("minimal", 2000, 1024, 3024),
     ],
 )
 async def test_thinking_budget_from_reasoning_effort(
@@ -490,6 +497,74 @@ async def test_unsigned_thinking_and_empty_replies_are_not_sent_back() -> None:
         {"role": "assistant", "content": [{"type": "text", "text": "a"}]},
         {"role": "user", "content": [{"type": "text", "text": "q2"}]},
     ]
+
+
+async def test_blank_text_is_left_out_of_every_kind_of_message() -> None:
+    # The API refuses text blocks with nothing but white space (an empty string too).
+    request = Request(
+        messages=[
+            UserMessage("q"),
+            UserMessage(" \n\t "),  # merged with "q": left out
+            AssistantMessage(content="  ", tool_calls=[ToolCall(id="t1", name="f")]),
+            ToolMessage(tool_call_id="t1", name="f", content=""),
+            ToolMessage(tool_call_id="t2", name="f", content=" \n", status="error"),
+            UserMessage(""),
+            AssistantMessage(content="\n\n"),  # nothing left: skipped
+            AssistantMessage(content="a"),
+            UserMessage("q2"),
+        ]
+    )
+    body = await sent_body(request)
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "q"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1"},
+                {"type": "tool_result", "tool_use_id": "t2", "is_error": True},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "a"}]},
+        {"role": "user", "content": [{"type": "text", "text": "q2"}]},
+    ]
+
+
+async def test_text_with_surrounding_white_space_is_sent_as_it_is() -> None:
+    request = Request(
+        messages=[
+            UserMessage("  q \n"),
+            AssistantMessage(content=" a "),
+            UserMessage("\u00a0x"),
+        ]
+    )
+    body = await sent_body(request)
+    texts = [message["content"][0]["text"] for message in body["messages"]]
+    assert texts == ["  q \n", " a ", "\u00a0x"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "index"),
+    [
+        ([UserMessage("")], 0),
+        ([UserMessage("  \n")], 0),
+        ([SystemMessage("s"), UserMessage("\t")], 1),
+        ([UserMessage("q"), AssistantMessage(content="a"), UserMessage(" "), UserMessage("")], 2),
+    ],
+    ids=["empty", "blank", "after-system", "blank-turn-of-two"],
+)
+async def test_a_user_turn_with_nothing_to_send_is_refused_before_sending(
+    messages: list[Message], index: int
+) -> None:
+    server, _ = streaming(HELLO)
+    async with client_for(server) as client:
+        with pytest.raises(ValueError, match=r"is a user message with no text") as caught:
+            provider_for(client).stream(Request(messages=messages))
+    assert str(caught.value).startswith(f"messages[{index}] is a user message with no text")
+    assert server.requests == []
 
 
 async def test_broken_tool_arguments_go_back_as_an_empty_input() -> None:
@@ -794,6 +869,17 @@ STATUS_CASES = [
         id="400-prompt-too-long",
     ),
     pytest.param(
+        400,
+        anthropic_error(
+            "invalid_request_error",
+            "input length and `max_tokens` exceed context limit: 178959 + 64000 > 200000, "
+            "decrease input length or `max_tokens` and try again",
+        ),
+        ContextOverflowError,
+        "exceed context limit: 178959 + 64000 > 200000",
+        id="400-input-and-max-tokens-exceed-context-limit",
+    ),
+    pytest.param(
         413,
         anthropic_error("request_too_large", "Request exceeds the maximum allowed number"),
         BadRequestError,
@@ -829,6 +915,22 @@ STATUS_CASES = [
         id="502-html",
     ),
 ]
+
+
+def test_input_and_max_tokens_over_the_context_limit_is_an_overflow() -> None:
+    # Anthropic's real 400 when the prompt fits but prompt + max_tokens does not.
+    message = (
+        "input length and `max_tokens` exceed context limit: 178959 + 64000 > 200000, "
+        "decrease input length or `max_tokens` and try again"
+    )
+    body = json.dumps(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    ).encode()
+    response = httpx.Response(400, content=body, request=httpx.Request("POST", URL))
+    error = error_from_response(response, body, provider="anthropic-messages")
+    assert type(error) is ContextOverflowError
+    assert not error.retryable
+    assert str(error) == f"HTTP 400 Bad Request from {URL}: {message}"
 
 
 @pytest.mark.parametrize(("status", "payload", "cls", "words"), STATUS_CASES)
@@ -884,6 +986,70 @@ async def test_secrets_in_extra_headers_stay_out_of_errors() -> None:
             await collect(provider)
     assert "bad token" in str(caught.value)
     assert "PROXY-SECRET" not in str(caught.value)
+
+
+# A proxy or gateway page that echoes the request it refused, key and all. The key sits
+# where an excerpt of 200 characters would cut it in two, so masking after the cut would
+# leave half of it.
+ECHO_PAGE = b"<html><body>" + b"x" * 150 + b" x-api-key: " + API_KEY.encode() + b"</body></html>"
+ECHO_TITLE = b"<html><head><title>denied for " + API_KEY.encode() + b"</title></head></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "cls"),
+    [
+        (403, "text/html", ECHO_PAGE, PermissionDeniedError),
+        (502, "text/html", ECHO_TITLE, ServerError),
+        (200, "text/html", ECHO_TITLE, MalformedStreamError),
+        (200, "text/html", ECHO_PAGE, MalformedStreamError),
+        (200, "text/event-stream", b"event: error\ndata: " + ECHO_PAGE + b"\n\n", ProviderError),
+        (200, "text/event-stream", b"data: " + ECHO_PAGE + b"\n\n", MalformedStreamError),
+        (
+            200,
+            "text/event-stream",
+            b'event: error\ndata: {"type":"error"} ' + API_KEY.encode() + b"\n\n",
+            ProviderError,
+        ),
+    ],
+    ids=[
+        "403-page",
+        "502-title",
+        "200-html-title",
+        "200-html-page",
+        "error-event",
+        "payload",
+        "error-event-json",
+    ],
+)
+async def test_a_key_echoed_by_the_server_is_masked(
+    status: int, content_type: str, body: bytes, cls: type[ProviderError]
+) -> None:
+    server, _ = streaming(body, status=status, headers={"content-type": content_type})
+    async with client_for(server) as client:
+        with pytest.raises(ProviderError) as caught:
+            await collect(provider_for(client, api_key=API_KEY))
+    error = caught.value
+    assert type(error) is cls
+    # The body is shown, with the key masked (the mask itself may be cut short).
+    assert any(shown in str(error) for shown in ("for [redacted]", "key: [re", "} [redacted]"))
+    for piece in (API_KEY, API_KEY[:12], API_KEY[-12:]):
+        assert piece not in str(error)
+        assert piece not in repr(error.args)
+
+
+def test_http_call_repr_shows_no_secret() -> None:
+    provider = AnthropicMessages("m", base_url=BASE_URL, api_key=API_KEY)
+    stream = provider.stream(REQUEST)
+    call = HTTPCall(
+        stream._client,
+        stream._request,
+        stream._url,
+        stream._secrets,
+    )
+    assert API_KEY in call.request.headers["x-api-key"]  # it is there to be hidden
+    text = repr(call)
+    assert API_KEY not in text
+    assert text == f"HTTPCall(POST {URL}, 1 secrets masked)"
 
 
 async def test_200_with_html_body_is_malformed() -> None:

@@ -148,7 +148,7 @@ def test_run_with_an_openai_compatible_provider_string(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replies = [Reply("Warm in Rome.", text_chunks=2)]
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("OPENAI_COMPATIBLE_API_KEY", "sk-from-env")
 
     async def scenario() -> tuple[int, list[str], list[str]]:
         async with open_scripted_server(replies, api_key="sk-from-env") as server:

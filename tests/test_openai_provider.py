@@ -41,6 +41,7 @@ from trurn._messages import (
 from trurn.providers._base import Provider, Request, ToolSpec
 from trurn.providers._http import excerpt, parse_retry_after
 from trurn.providers._openai import OpenAIChat
+from trurn.providers._streaming import HTTPCall
 
 if TYPE_CHECKING:
     _static_check: Provider = OpenAIChat("m")  # mypy: OpenAIChat satisfies the protocol
@@ -893,6 +894,77 @@ async def test_200_with_html_body_is_malformed() -> None:
     assert "text/html" in str(caught.value)
     assert "Captive portal login" in str(caught.value)
     assert body.closed
+
+
+# A proxy or gateway page that echoes the request it refused, key and all. The key sits
+# where an excerpt of 200 characters would cut it in two, so masking after the cut would
+# leave half of it.
+ECHO_PAGE = b"<html><body>" + b"x" * 150 + b" Authorization: Bearer " + API_KEY.encode()
+ECHO_TITLE = b"<html><head><title>denied for " + API_KEY.encode() + b"</title></head></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "cls"),
+    [
+        (403, "text/html", ECHO_PAGE, PermissionDeniedError),
+        (502, "text/html", ECHO_TITLE, ServerError),
+        (200, "text/html", ECHO_TITLE, MalformedStreamError),
+        (200, "text/html", ECHO_PAGE, MalformedStreamError),
+        (200, "text/event-stream", b"event: error\ndata: " + ECHO_PAGE + b"\n\n", ProviderError),
+        (200, "text/event-stream", b"data: " + ECHO_PAGE + b"\n\n", MalformedStreamError),
+        (
+            200,
+            "text/event-stream",
+            b"event: response." + API_KEY.encode() + b"\ndata: {}\n\n",
+            MalformedStreamError,
+        ),
+    ],
+    ids=[
+        "403-page",
+        "502-title",
+        "200-html-title",
+        "200-html-page",
+        "error-event",
+        "payload",
+        "responses-event-name",
+    ],
+)
+async def test_a_key_echoed_by_the_server_is_masked(
+    status: int, content_type: str, body: bytes, cls: type[ProviderError]
+) -> None:
+    server, _ = streaming(body, status=status, headers={"content-type": content_type})
+    async with client_for(server) as client:
+        with pytest.raises(ProviderError) as caught:
+            await collect(OpenAIChat("m", base_url=BASE_URL, api_key=API_KEY, client=client))
+    error = caught.value
+    assert type(error) is cls
+    # The body is shown, with the key masked (the mask itself may be cut short).
+    assert any(shown in str(error) for shown in ("for [redacted]", "Bearer [re", "response.[re"))
+    for piece in (API_KEY, API_KEY[:12], API_KEY[-12:]):
+        assert piece not in str(error)
+        assert piece not in repr(error.args)
+
+
+def test_excerpt_masks_secrets_before_cutting() -> None:
+    body = b"a" * 180 + API_KEY.encode()
+    assert API_KEY[:17] in excerpt(body)  # what a cut alone leaves
+    masked = excerpt(body, secrets=[API_KEY, ""])
+    assert masked == "a" * 180 + "[redacted]"
+    assert excerpt(b"<title>key " + API_KEY.encode() + b"</title>", secrets=[API_KEY]) == (
+        "key [redacted]"
+    )
+
+
+def test_http_call_repr_shows_no_secret() -> None:
+    provider = OpenAIChat("m", base_url=BASE_URL, api_key=API_KEY, headers={"api-key": "H-SEC"})
+    stream = provider.stream(REQUEST)
+    call = HTTPCall(stream._client, stream._request, stream._url, stream._secrets)
+    assert call.request.headers["authorization"] == f"Bearer {API_KEY}"  # there to be hidden
+    assert API_KEY in repr(tuple(call))  # what the NamedTuple's own repr would show
+    text = repr(call)
+    assert API_KEY not in text
+    assert "H-SEC" not in text
+    assert text == f"HTTPCall(POST {URL}, 2 secrets masked)"
 
 
 async def test_200_without_content_type_is_read_as_a_stream() -> None:

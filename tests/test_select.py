@@ -8,6 +8,8 @@ process and the test sees exactly what the provider would send.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -33,13 +35,18 @@ class Recorder:
         return httpx.Response(401, json=error)
 
 
-async def sent_by(spec: str, env: dict[str, str], **options: str) -> httpx.Request:
-    """The HTTP request the provider ``spec`` names sends for one user message."""
+HI = Request(messages=[UserMessage("hi")])
+
+
+async def sent_by(
+    spec: str, env: dict[str, str], request: Request = HI, **options: str
+) -> httpx.Request:
+    """The HTTP request the provider ``spec`` names sends for ``request`` (one user message)."""
     recorder = Recorder()
     async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
         provider = provider_from_string(spec, client=client, env=env, **options)
         with pytest.raises(AuthenticationError):
-            async with provider.stream(Request(messages=[UserMessage("hi")])):
+            async with provider.stream(request):
                 pass  # pragma: no cover - the 401 is raised on entering
         assert not client.is_closed  # the injected client stays the caller's
     assert len(recorder.requests) == 1
@@ -70,6 +77,30 @@ async def test_openai_base_url_from_the_environment() -> None:
     env = {"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_BASE_URL": "https://gateway.example.test/v1/"}
     sent = await sent_by("openai:gpt-4o", env)
     assert str(sent.url) == "https://gateway.example.test/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "field"),
+    [
+        (None, "max_completion_tokens"),
+        ("https://api.openai.com/v1", "max_completion_tokens"),
+        ("https://gateway.example.test/v1", "max_tokens"),
+    ],
+    ids=["default-url", "openai-url-from-env", "gateway"],
+)
+async def test_openai_sends_max_completion_tokens_to_openai_itself(
+    base_url: str | None, field: str
+) -> None:
+    # o-series and gpt-5 models refuse max_tokens; OpenAI takes max_completion_tokens from
+    # every chat model. Another server behind OPENAI_BASE_URL may only know max_tokens.
+    env = {"OPENAI_API_KEY": OPENAI_KEY}
+    if base_url is not None:
+        env["OPENAI_BASE_URL"] = base_url
+    request = Request(messages=[UserMessage("hi")], max_tokens=77)
+    body = json.loads((await sent_by("openai:o4-mini", env, request)).content)
+    other = {"max_tokens", "max_completion_tokens"} - {field}
+    assert body[field] == 77
+    assert not other & body.keys()
 
 
 async def test_api_key_argument_wins_over_the_environment() -> None:
@@ -180,10 +211,37 @@ def test_bad_ollama_host(host: str, complaint: str) -> None:
 
 async def test_openai_compatible_url_and_key_when_set() -> None:
     spec = "openai-compatible:qwen2.5@http://127.0.0.1:8000/v1"
-    sent = await sent_by(spec, {"OPENAI_API_KEY": OPENAI_KEY})
+    env = {"OPENAI_COMPATIBLE_API_KEY": "sk-local", "OPENAI_API_KEY": OPENAI_KEY}
+    sent = await sent_by(spec, env)
     assert str(sent.url) == "http://127.0.0.1:8000/v1/chat/completions"
-    assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert sent.headers["authorization"] == "Bearer sk-local"
     assert b'"model":"qwen2.5"' in sent.content
+    assert b'"max_tokens"' not in sent.content  # no limit asked for, none sent
+
+
+async def test_openai_compatible_never_sends_the_openai_key() -> None:
+    # OPENAI_API_KEY is the user's OpenAI credential; the URL may be anyone's server.
+    spec = "openai-compatible:m@https://llm.example.test/v1"
+    for env in (
+        {"OPENAI_API_KEY": OPENAI_KEY},
+        {"OPENAI_API_KEY": OPENAI_KEY, "OPENAI_COMPATIBLE_API_KEY": " "},
+    ):
+        sent = await sent_by(spec, env)
+        assert "authorization" not in sent.headers
+        assert OPENAI_KEY.encode() not in sent.content
+
+
+async def test_openai_compatible_takes_the_api_key_argument() -> None:
+    spec = "openai-compatible:m@https://llm.example.test/v1"
+    env = {"OPENAI_COMPATIBLE_API_KEY": "from-env"}
+    sent = await sent_by(spec, env, api_key="given")
+    assert sent.headers["authorization"] == "Bearer given"
+
+
+async def test_openai_compatible_sends_max_tokens() -> None:
+    request = Request(messages=[UserMessage("hi")], max_tokens=9)
+    sent = await sent_by("openai-compatible:m@http://127.0.0.1:8000/v1", {}, request)
+    assert json.loads(sent.content)["max_tokens"] == 9
 
 
 async def test_openai_compatible_without_a_key_sends_none() -> None:

@@ -54,7 +54,7 @@ provider strings for --model:
   openai:MODEL                 key from OPENAI_API_KEY, base URL from OPENAI_BASE_URL if set
   anthropic:MODEL              key from ANTHROPIC_API_KEY, base URL from ANTHROPIC_BASE_URL
   ollama:MODEL                 http://localhost:11434/v1 (or OLLAMA_HOST), no key
-  openai-compatible:MODEL@URL  key from OPENAI_API_KEY if set
+  openai-compatible:MODEL@URL  key from OPENAI_COMPATIBLE_API_KEY if set
 exit status: 0 done, 1 the provider or the turn failed, 2 bad arguments or configuration
 """
 

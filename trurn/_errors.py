@@ -17,13 +17,21 @@ Every exception trurn raises on purpose derives from :class:`TrurnError`::
     │   └── MalformedStreamError      the reply is not the stream format it should be
     ├── ToolError                     raise from a tool to fail with a message for the model
     │   └── ToolArgumentsError        the model's arguments do not fit the tool's schema
-    └── ConfigurationError            a provider string or option is wrong (also a ValueError)
+    ├── ConfigurationError            a provider string or option is wrong (also a ValueError)
+    └── SessionError                  a session file cannot be used as asked (see .path)
+        ├── SessionIdError            a session id that cannot be a file name (also a ValueError)
+        ├── SessionLockedError        another writer has the session file open
+        ├── SessionWriteError         writing or syncing the file failed; it stays valid
+        ├── SessionCorruptError       a line is not a record (see .line)
+        └── SessionVersionError       the file is from a newer trurn
 
 Lower-level errors (httpx, msgspec) are mapped to the most specific class with
 ``raise ... from exc``. Messages carry the provider's own words and never an API key.
 """
 
 from __future__ import annotations
+
+import os
 
 __all__ = [
     "AuthenticationError",
@@ -39,6 +47,12 @@ __all__ = [
     "ProviderTimeout",
     "RateLimitError",
     "ServerError",
+    "SessionCorruptError",
+    "SessionError",
+    "SessionIdError",
+    "SessionLockedError",
+    "SessionVersionError",
+    "SessionWriteError",
     "ToolArgumentsError",
     "ToolError",
     "TrurnError",
@@ -155,3 +169,48 @@ class ConfigurationError(TrurnError, ValueError):
     environment (the message names the variable to set). It is a :class:`ValueError`
     too, so code that checks arguments that way catches it.
     """
+
+
+class SessionError(TrurnError):
+    """A session file cannot be used as asked. ``path`` names it (``None`` for a bad id)."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = None if path is None else os.fspath(path)
+
+
+class SessionIdError(SessionError, ValueError):
+    """A session id that cannot be a file name; raised before any file is touched."""
+
+
+class SessionLockedError(SessionError):
+    """Another writer (in this process or another one) has the session file open."""
+
+
+class SessionWriteError(SessionError):
+    """Writing or syncing the session file failed (full disk, read-only file system...).
+
+    The underlying ``OSError`` is the ``__cause__``. Unless the message says otherwise,
+    the file still holds only whole lines and the records of the failed append are not
+    in it.
+    """
+
+
+class SessionCorruptError(SessionError):
+    """A line of the session file is not a record; ``line`` is its 1-based number."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], line: int) -> None:
+        super().__init__(message, path=path)
+        self.line = line
+
+
+class SessionVersionError(SessionError):
+    """The session file was written in a newer format than this trurn reads."""
+
+    def __init__(
+        self, message: str, *, path: str | os.PathLike[str], found: int, supported: int
+    ) -> None:
+        super().__init__(message, path=path)
+        self.found = found
+        self.supported = supported

@@ -46,7 +46,6 @@ from ._http import (
     collect_secrets,
     describe_url,
     error_from_payload,
-    excerpt,
     parse_base_url,
 )
 from ._streaming import ClientOwner, HTTPCall, SSEResponseStream
@@ -110,7 +109,9 @@ class _ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use"):
 
 class _ToolResultBlock(msgspec.Struct, omit_defaults=True, tag_field="type", tag="tool_result"):
     tool_use_id: str
-    content: str
+    # Left out (None) for a result with no visible text: the API takes a tool_result
+    # without content, but not an empty or blank one.
+    content: str | None = None
     is_error: bool = False
 
 
@@ -175,24 +176,47 @@ def _assistant_blocks(message: AssistantMessage) -> list[_Block]:
         # A block without a signature (a reply cut off mid-thought, or reasoning from
         # another provider) cannot be verified by the API, which refuses it: left out.
     blocks.extend(message.server_blocks)
-    if message.content:
-        blocks.append(_TextBlock(message.content))
+    text = message.content
+    if text is not None and _visible(text):
+        blocks.append(_TextBlock(text))
     blocks.extend(_ToolUseBlock(call.id, call.name, call.arguments) for call in message.tool_calls)
     return blocks
 
 
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character that is not white space.
+
+    The API refuses a text block without one ("text content blocks must contain
+    non-whitespace text"), so such text is left out of requests.
+    """
+    return bool(text) and not text.isspace()
+
+
 def _wire_messages(messages: Sequence[Message]) -> tuple[str | None, list[_WireMessage]]:
-    """(system prompt, messages): roles alternate, same-role neighbours are merged."""
+    """(system prompt, messages): roles alternate, same-role neighbours are merged.
+
+    Text with nothing but white space is left out (see :func:`_visible`): an assistant
+    message left with no blocks is skipped, a tool result is sent without ``content``.
+    A user turn (a user message and the tool results and user messages merged with it)
+    left with nothing to send is a ``ValueError`` naming the message: dropping it would
+    join the assistant replies around it, and padding it would put words in the user's
+    mouth.
+    """
     system: list[str] = []
     wire: list[_WireMessage] = []
-    for message in messages:
+    # Where each wire user message started, for the error about an empty one.
+    starts: list[int] = []
+    for position, message in enumerate(messages):
         role: Literal["user", "assistant"]
         blocks: list[_Block]
         if isinstance(message, UserMessage):
-            role, blocks = "user", [_TextBlock(message.content)]
+            text = message.content
+            role, blocks = "user", [_TextBlock(text)] if _visible(text) else []
         elif isinstance(message, ToolMessage):
             result = _ToolResultBlock(
-                message.tool_call_id, message.content, is_error=message.status != "ok"
+                message.tool_call_id,
+                message.content if _visible(message.content) else None,
+                is_error=message.status != "ok",
             )
             role, blocks = "user", [result]
         elif isinstance(message, AssistantMessage):
@@ -209,6 +233,13 @@ def _wire_messages(messages: Sequence[Message]) -> tuple[str | None, list[_WireM
             wire[-1].content.extend(blocks)
         else:
             wire.append(_WireMessage(role, blocks))
+            starts.append(position)
+    for start, sent in zip(starts, wire, strict=True):
+        if not sent.content:
+            raise ValueError(
+                f"messages[{start}] is a user message with no text (empty or only white "
+                "space), which the Anthropic API refuses: give it some text, or leave it out"
+            )
     return "\n\n".join(system) or None, wire
 
 
@@ -251,24 +282,26 @@ def encode_request(request: Request, *, model: str, max_tokens: int) -> bytes:
     """The JSON body of a streaming Messages call for ``request``.
 
     System messages become ``system`` (joined by blank lines, wherever they stand);
-    ``max_tokens`` is ``request.max_tokens`` or the provider's default. With a
-    ``reasoning_effort`` (see :data:`THINKING_BUDGETS`) thinking is enabled, and since
-    the budget counts towards ``max_tokens``, a ``max_tokens`` that does not exceed the
-    budget is raised to budget + ``max_tokens``: the answer keeps the room asked for.
+    ``max_tokens`` is ``request.max_tokens`` or the provider's default: the room for the
+    answer. With a ``reasoning_effort`` (see :data:`THINKING_BUDGETS`) thinking is
+    enabled, and since the API counts thinking towards ``max_tokens``, the request's
+    ``max_tokens`` is the thinking budget plus that room, whatever their sizes.
+    Text with nothing but white space is left out (see :func:`_wire_messages`).
     ``tool_choice`` and ``parallel_tool_calls=False`` (``disable_parallel_tool_use``)
     go with tools only. ``seed`` has no Anthropic counterpart and is not sent. With
     thinking on, the API refuses a ``temperature`` other than 1 and a forced tool
     choice; trurn sends what it is given, and the API's 400 says what is wrong.
     ``extra_body`` is merged last. Raises ``ValueError`` for an unknown
-    ``reasoning_effort`` or ``tool_choice``, a ``max_tokens`` below 1, or an
-    ``extra_body`` that would replace ``model``, ``messages`` or ``stream``.
+    ``reasoning_effort`` or ``tool_choice``, a ``max_tokens`` below 1, a user message
+    with no text but white space (and nothing merged with it), or an ``extra_body`` that
+    would replace ``model``, ``messages`` or ``stream``.
     """
     if request.max_tokens is not None and request.max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
     limit = request.max_tokens if request.max_tokens is not None else max_tokens
     budget = _thinking_budget(request.reasoning_effort)
-    if budget is not None and limit <= budget:
-        limit += budget
+    if budget is not None:
+        limit += budget  # the answer keeps all the room asked for
     system, messages = _wire_messages(request.messages)
     tools = [_wire_tool(spec) for spec in request.tools] or None
     body = _WireRequest(
@@ -537,16 +570,18 @@ class _MessagesStream(SSEResponseStream):
             chunks.append(_combine_usage(self._start_usage, event.usage))
 
     def _malformed(self, what: str) -> MalformedStreamError:
-        return MalformedStreamError(f"stream from {self._url} sent {what}", provider=_PROVIDER)
+        return MalformedStreamError(
+            self._mask(f"stream from {self._url} sent {what}"), provider=_PROVIDER
+        )
 
     def _undecodable(self, name: str, data: bytes, exc: msgspec.DecodeError) -> ProviderError:
         if name == "error":  # an error we cannot parse is still an error, not bad framing
-            return ProviderError(
-                f"error in stream from {self._url}: {excerpt(data)}", provider=_PROVIDER
-            )
+            return self._unreadable_error(data)
         malformed = MalformedStreamError(
-            f"stream from {self._url} sent a data payload that is not a Messages event "
-            f"({exc}): {excerpt(data)}",
+            self._mask(
+                f"stream from {self._url} sent a data payload that is not a Messages event "
+                f"({exc}): {self._excerpt(data)}"
+            ),
             provider=_PROVIDER,
         )
         malformed.__cause__ = exc
@@ -554,10 +589,14 @@ class _MessagesStream(SSEResponseStream):
 
     def _error_event(self, error: WireError | None, data: bytes) -> ProviderError:
         if error is None:
-            return ProviderError(
-                f"error in stream from {self._url}: {excerpt(data)}", provider=_PROVIDER
-            )
+            return self._unreadable_error(data)
         return error_from_payload(error, provider=_PROVIDER, secrets=self._secrets)
+
+    def _unreadable_error(self, data: bytes) -> ProviderError:
+        return ProviderError(
+            self._mask(f"error in stream from {self._url}: {self._excerpt(data)}"),
+            provider=_PROVIDER,
+        )
 
 
 # --- the provider ------------------------------------------------------------------------

@@ -54,6 +54,8 @@ _OVERFLOW_PHRASES = (
     "context size",
     "too many tokens",
     "prompt is too long",
+    # Anthropic: "input length and `max_tokens` exceed context limit: 178959 + 64000 > 200000"
+    "exceed context limit",
     "exceeds the maximum number of tokens",
 )
 # What an error's ``type``/``code`` says when no HTTP status comes with it (in-stream errors).
@@ -97,12 +99,16 @@ class _ErrorEnvelope(msgspec.Struct):
 _envelope_decoder = msgspec.json.Decoder(_ErrorEnvelope)
 
 
-def excerpt(body: bytes, limit: int = _EXCERPT_CHARS) -> str:
+def excerpt(body: bytes, limit: int = _EXCERPT_CHARS, *, secrets: Iterable[str] = ()) -> str:
     """A short, single-line view of ``body`` for an error message.
 
     For an HTML page this is its ``<title>``; otherwise the first ``limit`` characters with
-    runs of whitespace collapsed.
+    runs of whitespace collapsed. ``secrets`` are masked before the body is cut, so no
+    secret is shown, not even the part of one that a cut would leave.
     """
+    for secret in secrets:
+        if secret:
+            body = body.replace(secret.encode(), b"[redacted]")
     if not body.strip():
         return "(empty body)"
     title = _TITLE.search(body[:65536])
@@ -256,10 +262,11 @@ def error_from_response(
     provider's own error message, or an excerpt of the body when it has none (an HTML
     error page, say). ``secrets`` are masked wherever they appear.
     """
+    secrets = tuple(secrets)  # used twice
     status = response.status_code
     message, code, kind = _parse_error_body(body)
     if not message:
-        message = excerpt(body)
+        message = excerpt(body, secrets=secrets)
     cls = _class_for_status(status, message, code, kind)
     text = mask(
         f"HTTP {status} {response.reason_phrase} from {describe_url(response.request.url)}: "

@@ -35,7 +35,6 @@ from ._http import (
     collect_secrets,
     describe_url,
     error_from_payload,
-    excerpt,
     parse_base_url,
 )
 from ._streaming import ClientOwner, HTTPCall, SSEResponseStream
@@ -363,9 +362,11 @@ class _ChatStream(SSEResponseStream):
         # A base_url that leads to OpenAI's newer Responses API: a different wire format
         # (typed response.* events). Say so, rather than report a truncated stream.
         return MalformedStreamError(
-            f"stream from {self._url} is an OpenAI Responses API stream (event {event!r}), "
-            "which OpenAIChat does not speak: point base_url at a server with "
-            "/chat/completions (Chat Completions)",
+            self._mask(
+                f"stream from {self._url} is an OpenAI Responses API stream (event {event!r}), "
+                "which OpenAIChat does not speak: point base_url at a server with "
+                "/chat/completions (Chat Completions)"
+            ),
             provider=_PROVIDER,
         )
 
@@ -389,8 +390,10 @@ class _ChatStream(SSEResponseStream):
                 wire = _chunk_decoder.decode(payload)
             except msgspec.DecodeError as exc:
                 malformed = MalformedStreamError(
-                    f"stream from {self._url} sent a data payload that is not a chat "
-                    f"completion chunk ({exc}): {excerpt(payload)}",
+                    self._mask(
+                        f"stream from {self._url} sent a data payload that is not a chat "
+                        f"completion chunk ({exc}): {self._excerpt(payload)}"
+                    ),
                     provider=_PROVIDER,
                 )
                 malformed.__cause__ = exc
@@ -446,7 +449,8 @@ class _ChatStream(SSEResponseStream):
             wire = None
         if wire is None or wire.error is None:
             return ProviderError(
-                f"error in stream from {self._url}: {excerpt(data)}", provider=_PROVIDER
+                self._mask(f"error in stream from {self._url}: {self._excerpt(data)}"),
+                provider=_PROVIDER,
             )
         return error_from_payload(wire.error, provider=_PROVIDER, secrets=self._secrets)
 

@@ -7,7 +7,10 @@ tag, since only the first colon separates the prefix)::
     openai:MODEL                 OpenAIChat, OPENAI_API_KEY, OPENAI_BASE_URL or the default
     anthropic:MODEL              AnthropicMessages, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL
     ollama:MODEL                 OpenAIChat at http://localhost:11434/v1 (or OLLAMA_HOST), no key
-    openai-compatible:MODEL@URL  OpenAIChat at URL, OPENAI_API_KEY when set, else no key
+    openai-compatible:MODEL@URL  OpenAIChat at URL, OPENAI_COMPATIBLE_API_KEY when set, else no key
+
+``OPENAI_API_KEY`` goes to OpenAI only (its URL or ``OPENAI_BASE_URL``), never to the
+host an ``openai-compatible`` string names: that host may be anyone's.
 
 Reading the environment happens here and only here: the adapters themselves never read it.
 Everything wrong with a string or the environment is a :class:`~trurn.ConfigurationError`
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import httpx
 
@@ -30,6 +34,7 @@ from ._openai import OpenAIChat
 __all__ = ["provider_from_string"]
 
 _OPENAI_URL = "https://api.openai.com/v1"
+_OPENAI_HOST = "api.openai.com"
 _ANTHROPIC_URL = "https://api.anthropic.com"
 _OLLAMA_URL = "http://localhost:11434/v1"
 _OLLAMA_PORT = 11434
@@ -56,7 +61,10 @@ def provider_from_string(
     set to the empty string counts as unset.
 
     - ``openai:MODEL``: key from ``OPENAI_API_KEY`` (required), base URL from
-      ``OPENAI_BASE_URL`` if set, else ``https://api.openai.com/v1``.
+      ``OPENAI_BASE_URL`` if set, else ``https://api.openai.com/v1``. Against
+      ``api.openai.com`` the output limit is sent as ``max_completion_tokens`` (the
+      o-series and gpt-5 models refuse ``max_tokens``; every current chat model takes
+      it); elsewhere (a gateway, Azure) as ``max_tokens``, which compatible servers know.
     - ``anthropic:MODEL``: key from ``ANTHROPIC_API_KEY`` (required), base URL from
       ``ANTHROPIC_BASE_URL`` if set, else ``https://api.anthropic.com``.
     - ``ollama:MODEL``: ``http://localhost:11434/v1`` and no key. ``OLLAMA_HOST`` is read
@@ -65,7 +73,8 @@ def provider_from_string(
       scheme (80 or 443 with ``http://`` or ``https://``); ``0.0.0.0`` (a server's
       "listen everywhere") means this machine; ``/v1`` is appended.
     - ``openai-compatible:MODEL@URL``: ``URL`` is the API's base (``.../v1``); key from
-      ``OPENAI_API_KEY`` when set, else none.
+      ``OPENAI_COMPATIBLE_API_KEY`` when set, else none. ``OPENAI_API_KEY`` is never
+      read here: it is a credential for OpenAI, and ``URL`` may be any host.
 
     Raises :class:`~trurn.ConfigurationError` (one line, saying what to write or set) for
     an unknown prefix, a missing model, a missing or bad URL, a bad ``*_BASE_URL`` or
@@ -90,7 +99,13 @@ def _openai(
     model = _model(rest, "openai", "gpt-4o-mini")
     base_url = _url(_get(env, "OPENAI_BASE_URL") or _OPENAI_URL, "OPENAI_BASE_URL")
     key = api_key or _required_key(env, "OPENAI_API_KEY", f"openai:{model}")
-    return OpenAIChat(model, base_url=base_url, api_key=key, client=client)
+    # OpenAI's own API takes max_completion_tokens from every chat model and refuses
+    # max_tokens from reasoning models; other servers behind OPENAI_BASE_URL may know
+    # only max_tokens.
+    field: Literal["max_tokens", "max_completion_tokens"] = (
+        "max_completion_tokens" if httpx.URL(base_url).host == _OPENAI_HOST else "max_tokens"
+    )
+    return OpenAIChat(model, base_url=base_url, api_key=key, client=client, max_tokens_field=field)
 
 
 def _anthropic(
@@ -129,7 +144,9 @@ def _compatible(
     if not model:
         raise ConfigurationError(f"openai-compatible needs a model before '@': write {example}")
     base_url = _url(rest[found.end() :].strip(), "the URL after '@'")
-    key = api_key or _get(env, "OPENAI_API_KEY")
+    # Not OPENAI_API_KEY: that would hand the user's OpenAI credential to whatever host
+    # the string names.
+    key = api_key or _get(env, "OPENAI_COMPATIBLE_API_KEY")
     return OpenAIChat(model, base_url=base_url, api_key=key, client=client)
 
 

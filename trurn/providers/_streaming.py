@@ -52,6 +52,12 @@ class HTTPCall(NamedTuple):
     url_text: str
     secrets: tuple[str, ...]
 
+    def __repr__(self) -> str:
+        # Not the NamedTuple default, which prints every field: the secrets, and the
+        # request (whose headers hold the key) would end up in logs and tracebacks.
+        method = self.request.method
+        return f"HTTPCall({method} {self.url_text}, {len(self.secrets)} secrets masked)"
+
 
 class SSEResponseStream(trio.abc.AsyncResource):
     """One streaming call: an async context manager that yields itself, an async
@@ -133,8 +139,10 @@ class SSEResponseStream(trio.abc.AsyncResource):
             if content_type is not None and not _is_event_stream(content_type):
                 body = await self._read_some(response)
                 raise MalformedStreamError(
-                    f"expected an event stream from {self._url} but got {content_type!r}: "
-                    f"{excerpt(body)}",
+                    self._mask(
+                        f"expected an event stream from {self._url} but got {content_type!r}: "
+                        f"{self._excerpt(body)}"
+                    ),
                     status_code=response.status_code,
                     provider=self._provider,
                 )
@@ -262,11 +270,20 @@ class SSEResponseStream(trio.abc.AsyncResource):
                 f"{what}: {self._describe(exc)}", provider=self._provider
             )
         return MalformedStreamError(
-            f"could not decode the body from {url}: {exc}", provider=self._provider
+            self._mask(f"could not decode the body from {url}: {exc}"), provider=self._provider
         )
 
     def _describe(self, exc: Exception) -> str:
-        return mask(str(exc) or type(exc).__name__, self._secrets)
+        return self._mask(str(exc) or type(exc).__name__)
+
+    def _mask(self, text: str) -> str:
+        """``text`` with the call's secrets masked: for every message that holds text the
+        server sent (a proxy's error page may echo the request, key and all)."""
+        return mask(text, self._secrets)
+
+    def _excerpt(self, data: bytes) -> str:
+        """:func:`excerpt` of ``data`` with the call's secrets masked before it is cut."""
+        return excerpt(data, secrets=self._secrets)
 
     async def _read_some(self, response: httpx.Response) -> bytes:
         """Up to ``_ERROR_BODY_LIMIT`` bytes of the body, for an error message."""

@@ -1,0 +1,582 @@
+"""One session file as an append-only journal: durable whole-line appends and safe reads.
+
+Writing: :func:`open_journal` opens (or creates, mode ``0600``) the file, takes the one
+writer lock on it (within this process and, through ``flock``, across processes), reads
+what is there and cuts off a torn last line. :meth:`Journal.append` then adds records as
+whole lines: a batch is on disk entirely or not at all, whether the caller is cancelled
+or the disk fails. Every file operation runs in a worker thread, so the event loop never
+blocks on the disk.
+
+Reading: :func:`parse_journal` turns the bytes of a file into records (pure), and
+:func:`read_journal` is its async shell. A torn last line (a crash mid-write) is reported
+and ignored; any other bad line is an error naming the file and the line. Reading never
+changes the file.
+
+Layout, restore repair (synthetic tool results) and compaction belong to the layers
+above; this module knows lines and records, not conversations.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import os
+import pathlib
+import re
+import stat
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+import msgspec
+import trio
+
+from ._errors import (
+    SessionCorruptError,
+    SessionError,
+    SessionIdError,
+    SessionLockedError,
+    SessionVersionError,
+    SessionWriteError,
+)
+from ._records import FORMAT_VERSION, Header, Record, decode_record, encode_lines
+
+__all__ = [
+    "OS_FILE_OPS",
+    "FileOps",
+    "FsyncPolicy",
+    "Journal",
+    "JournalContents",
+    "SessionCorruptError",
+    "SessionError",
+    "SessionIdError",
+    "SessionLockedError",
+    "SessionVersionError",
+    "SessionWriteError",
+    "open_journal",
+    "parse_journal",
+    "read_journal",
+    "validate_session_id",
+]
+
+FsyncPolicy = Literal["turn", "record", "never"]
+"""When appended records are forced to disk: at :meth:`Journal.sync` (the turn calls it
+at the end of each turn), after every append, or never (the OS decides)."""
+
+MAX_SESSION_ID_LENGTH = 128
+
+
+# -- errors ------------------------------------------------------------------------------
+# Defined here for now; they belong under TrurnError in the tree of _errors.py.
+
+
+# -- session ids -------------------------------------------------------------------------
+
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def validate_session_id(session_id: str) -> str:
+    """Return ``session_id`` if it can safely be a file name, else raise :class:`SessionIdError`.
+
+    A session id is 1 to 128 characters of ``A-Z a-z 0-9 . _ -``, and not ``.`` or
+    ``..``. Pure: no file is touched.
+    """
+    if not isinstance(session_id, str):
+        raise SessionIdError(f"a session id must be a str, got {type(session_id).__name__}")
+    if not session_id:
+        raise SessionIdError("a session id must not be empty")
+    if len(session_id) > MAX_SESSION_ID_LENGTH:
+        raise SessionIdError(
+            f"a session id must be at most {MAX_SESSION_ID_LENGTH} characters,"
+            f" got {len(session_id)}"
+        )
+    if session_id in (".", ".."):
+        raise SessionIdError(f"a session id cannot be {session_id!r}")
+    if "/" in session_id or "\\" in session_id:
+        raise SessionIdError(f"a session id cannot contain a path separator: {session_id!r}")
+    bad = sorted(set(session_id) - _ID_CHARS)
+    if bad:
+        raise SessionIdError(
+            "a session id may only contain letters A-Z a-z, digits, '.', '_' and '-';"
+            f" {session_id!r} contains {', '.join(map(repr, bad))}"
+        )
+    return session_id
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+class JournalContents(msgspec.Struct, frozen=True, kw_only=True):
+    """What a session file holds.
+
+    ``end_offset`` is the byte offset just after the last complete line. ``torn_tail``
+    holds the bytes after it when the file does not end in a newline: a record cut short
+    by a crash mid-write. Those bytes were never acknowledged by an append, so they are
+    left out of ``records``; the caller decides whether to log them. A writer cuts them
+    off when it opens the file (see :func:`open_journal`).
+    """
+
+    path: str
+    records: list[Record]
+    end_offset: int
+    torn_tail: bytes | None = None
+
+    @property
+    def header(self) -> Header | None:
+        """The header (always the first record), or ``None`` for an empty file."""
+        if self.records and isinstance(self.records[0], Header):
+            return self.records[0]
+        return None
+
+
+class _VersionProbe(msgspec.Struct):
+    """Just enough of a header to read its format version before anything else."""
+
+    kind: str = ""
+    format_version: int = 0
+
+
+_probe_decoder = msgspec.json.Decoder(_VersionProbe)
+
+# msgspec writes the tag first, so every line trurn writes starts with this.
+_RECORD_START = b'{"kind":"'
+_CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def _is_torn_record(tail: bytes) -> bool:
+    """Whether bytes after the last newline look like the start of a record cut short.
+
+    Zero bytes at the end are what some file systems leave after a crash (the size
+    grew, the data never arrived), so they are allowed. Anything else (binary data, a
+    line of another format) is not a torn record but a corrupt file.
+    """
+    text = tail.rstrip(b"\x00")
+    if not text:
+        return True
+    if not text.startswith(_RECORD_START[: len(text)]):
+        return False
+    if _CONTROL_BYTES.search(text):
+        return False
+    try:
+        # final=False: the cut may fall inside a multi-byte character.
+        codecs.getincrementaldecoder("utf-8")().decode(text, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_version(line: bytes, path: str) -> None:
+    # Before the strict decode: a newer header may not fit today's Header at all, and
+    # "newer version" is the error the user needs, not "field X is wrong".
+    try:
+        probe = _probe_decoder.decode(line)
+    except msgspec.MsgspecError:
+        return
+    if probe.kind == "header" and probe.format_version > FORMAT_VERSION:
+        raise SessionVersionError(
+            f"{path}: written in session format version {probe.format_version}; this trurn"
+            f" reads up to version {FORMAT_VERSION} (upgrade trurn to open it)",
+            path=path,
+            found=probe.format_version,
+            supported=FORMAT_VERSION,
+        )
+
+
+def parse_journal(data: bytes, path: str | os.PathLike[str]) -> JournalContents:
+    """Decode the bytes of a session file (pure; ``path`` is only named in errors).
+
+    An empty file has no records. The first record must be a :class:`Header` and no
+    other record may be one. Raises :class:`SessionVersionError` for a newer format and
+    :class:`SessionCorruptError` (file, 1-based line, what was wrong) for any line that
+    is not a record, except a torn last line, which is reported in ``torn_tail``.
+    """
+    path = os.fspath(path)
+    end_offset = data.rfind(b"\n") + 1
+    tail = data[end_offset:]
+    lines = data[:end_offset].split(b"\n")
+    lines.pop()  # what follows the last newline: the tail, handled below
+    records: list[Record] = []
+    for number, line in enumerate(lines, start=1):
+        if number == 1:
+            _check_version(line, path)
+        records.append(_decode_line(line, number, path))
+    if tail and not _is_torn_record(tail):
+        raise SessionCorruptError(
+            f"{path}: line {len(lines) + 1}: not a session record"
+            " (the file does not end in a newline and the last line is not a record cut short)",
+            path=path,
+            line=len(lines) + 1,
+        )
+    return JournalContents(
+        path=path, records=records, end_offset=end_offset, torn_tail=tail or None
+    )
+
+
+def _decode_line(line: bytes, number: int, path: str) -> Record:
+    def corrupt(reason: str) -> SessionCorruptError:
+        return SessionCorruptError(f"{path}: line {number}: {reason}", path=path, line=number)
+
+    if not line.strip():
+        raise corrupt("empty line")
+    try:
+        record = decode_record(line)
+    except msgspec.ValidationError as exc:
+        raise corrupt(f"not a session record: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise corrupt(f"not JSON: {exc}") from exc
+    if number == 1 and not isinstance(record, Header):
+        raise corrupt(f"the first record must be a header, got {_kind(record)!r}")
+    if number > 1 and isinstance(record, Header):
+        raise corrupt("a header may only be the first record")
+    return record
+
+
+def _kind(record: Record) -> str:
+    tag = type(record).__struct_config__.tag
+    return tag if isinstance(tag, str) else type(record).__name__
+
+
+async def read_journal(path: str | os.PathLike[str]) -> JournalContents:
+    """Read and parse a session file without taking its lock or changing it.
+
+    A missing file raises ``FileNotFoundError`` as it is. The read runs in a worker
+    thread; the call checkpoints. For a file that someone is appending to, the result
+    is a consistent prefix (a line being written shows up as ``torn_tail``).
+    """
+    data = await trio.Path(path).read_bytes()
+    return parse_journal(data, path)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileOps:
+    """The OS calls a :class:`Journal` writes with; tests replace them to count fsyncs or
+    to simulate a full disk or a short write. Each is called in a worker thread."""
+
+    write: Callable[[int, bytes], int] = os.write
+    fsync: Callable[[int], None] = os.fsync
+    truncate: Callable[[int, int], None] = os.ftruncate
+
+
+OS_FILE_OPS = FileOps()
+
+# Journals open for writing in this process, by (device, inode): a second writer is
+# refused even through another path or a symlink. flock alone would refuse it too on
+# POSIX, but this gives the clearer message and also works where flock does not exist.
+_open_journals: dict[tuple[int, int], str] = {}
+
+
+class _WriteFailed(Exception):
+    """Raised in the worker thread; the async shell turns it into SessionWriteError."""
+
+    def __init__(self, error: OSError, what: str, *, in_file: bool, file_valid: bool) -> None:
+        super().__init__(what)
+        self.error = error
+        self.what = what
+        self.in_file = in_file  # the records reached the file (only fsync failed)
+        self.file_valid = file_valid  # the file holds only whole lines
+
+
+def _append_sync(ops: FileOps, fd: int, data: bytes, good_offset: int, fsync: bool) -> None:
+    """Write ``data`` at the end of the file whole, then fsync if asked (worker thread).
+
+    On a write error after part of ``data`` went out (a short write then ENOSPC), the
+    file is cut back to ``good_offset``, the end of the last complete line, so it never
+    keeps half a batch.
+    """
+    written = 0
+    try:
+        while written < len(data):
+            count = ops.write(fd, data[written:] if written else data)
+            if count <= 0:
+                raise OSError(errno.EIO, "write made no progress")
+            written += count
+    except OSError as exc:
+        if written == 0:
+            raise _WriteFailed(exc, "write failed", in_file=False, file_valid=True) from exc
+        try:
+            ops.truncate(fd, good_offset)
+        except OSError:
+            raise _WriteFailed(exc, "write failed", in_file=False, file_valid=False) from exc
+        raise _WriteFailed(exc, "write failed", in_file=False, file_valid=True) from exc
+    if fsync:
+        try:
+            ops.fsync(fd)
+        except OSError as exc:
+            raise _WriteFailed(exc, "fsync failed", in_file=True, file_valid=True) from exc
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)  # O_APPEND writes ignore the position, reads use it
+    chunks: list[bytes] = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _lock_exclusive(fd: int, path: str) -> None:
+    if sys.platform == "win32":  # no flock; the in-process registry still applies
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        raise SessionLockedError(
+            f"{path} is open for writing by another process", path=path
+        ) from exc
+
+
+class Journal:
+    """A session file open for appending, holding its writer lock until :meth:`aclose`.
+
+    Made by :func:`open_journal`. ``contents`` is what the file held when it was opened
+    (read under the lock, torn tail already cut off); it is not updated by appends.
+    Use it as an async context manager, or call :meth:`aclose` when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: pathlib.Path,
+        fd: int,
+        key: tuple[int, int],
+        contents: JournalContents,
+        fsync: FsyncPolicy,
+        file_ops: FileOps,
+    ) -> None:
+        self.path = path
+        self.fsync_policy: FsyncPolicy = fsync
+        self.contents = contents
+        self._fd = fd
+        self._key = key
+        self._ops = file_ops
+        self._offset = contents.end_offset
+        self._synced = contents.end_offset
+        self._lock = trio.StrictFIFOLock()
+        self._closed = False
+        self._failed: str | None = None  # why appends are refused after an error
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the end of the last complete line: every append so far ends here."""
+        return self._offset
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Append ``records`` as whole lines, in one write; fsync after it if the policy
+        is ``"record"``.
+
+        The records are encoded first, so a record JSON cannot hold raises before the
+        file is touched. A checkpoint: a cancel that arrives while waiting for another
+        append raises ``Cancelled`` with nothing written; once the write has begun it
+        runs to its end in a shielded scope, so a return means every record is in the
+        file and a ``Cancelled`` means none is. The first record of an empty file must
+        be a :class:`Header` (``ValueError`` otherwise). A process killed mid-write
+        is different: the file may then keep the first whole lines of the batch and a
+        torn last line, which the next open cuts off; restoring must cope with that.
+
+        Raises :class:`SessionWriteError` when the disk fails; the file is then cut
+        back to its last complete line. After a failed fsync, or a failed cut, the
+        journal refuses further appends (reopen it: opening cuts a torn tail).
+        Raises ``trio.ClosedResourceError`` after :meth:`aclose`.
+        """
+        data = encode_lines(records)
+        async with self._lock:
+            self._check_writable()
+            if self._offset == 0 and records and not isinstance(records[0], Header):
+                raise ValueError(
+                    f"the first record of a session file must be a Header,"
+                    f" got {_kind(records[0])!r}"
+                )
+            if not data:
+                return
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(
+                        _append_sync,
+                        self._ops,
+                        self._fd,
+                        data,
+                        self._offset,
+                        self.fsync_policy == "record",
+                    )
+                except _WriteFailed as failed:
+                    raise self._write_error(failed, len(data)) from failed.error
+            self._offset += len(data)
+            if self.fsync_policy == "record":
+                self._synced = self._offset
+
+    def _write_error(self, failed: _WriteFailed, size: int) -> SessionWriteError:
+        if failed.in_file:
+            self._offset += size
+            self._failed = "an fsync failed, so earlier records may not be on disk"
+            detail = "the records are in the file but may not be on disk; reopen the session"
+        elif not failed.file_valid:
+            self._failed = "a failed write could not be cut back"
+            detail = "part of a line may be left at the end; reopen the session to cut it off"
+        else:
+            detail = "nothing was appended"
+        return SessionWriteError(
+            f"{self.path}: {failed.what}: {failed.error.strerror or failed.error}; {detail}",
+            path=self.path,
+        )
+
+    async def sync(self) -> None:
+        """Force what was appended since the last sync to disk, unless the policy is
+        ``"never"``. The turn calls it at the end of each turn (policy ``"turn"``).
+
+        A checkpoint; once the fsync has begun it finishes even if cancelled. Raises
+        :class:`SessionWriteError` if the fsync fails (the journal then refuses appends).
+        """
+        async with self._lock:
+            self._check_writable()
+            if self.fsync_policy == "never" or self._synced == self._offset:
+                return
+            with trio.CancelScope(shield=True):
+                await self._fsync()
+
+    async def _fsync(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self._ops.fsync, self._fd)
+        except OSError as exc:
+            self._failed = "an fsync failed, so earlier records may not be on disk"
+            raise SessionWriteError(
+                f"{self.path}: fsync failed: {exc.strerror or exc}", path=self.path
+            ) from exc
+        self._synced = self._offset
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError(f"the journal of {self.path} is closed")
+        if self._failed is not None:
+            raise SessionWriteError(
+                f"{self.path}: refusing to append: {self._failed}; reopen the session",
+                path=self.path,
+            )
+
+    async def aclose(self) -> None:
+        """Sync what is not yet synced (policies ``"turn"`` and ``"record"``), close the
+        file and release both locks.
+
+        Idempotent. The work is shielded, so the file is closed even if the caller is
+        cancelled; ``Cancelled`` is raised after it, at the final checkpoint. Raises
+        :class:`SessionWriteError` if the last fsync fails (the file is closed anyway).
+        """
+        error: SessionWriteError | None = None
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if not self._closed:
+                    self._closed = True
+                    pending = self.fsync_policy != "never" and self._synced < self._offset
+                    if pending and self._failed is None:
+                        try:
+                            await self._fsync()
+                        except SessionWriteError as exc:
+                            error = exc
+                    try:
+                        await trio.to_thread.run_sync(os.close, self._fd)  # drops the flock
+                    finally:
+                        _open_journals.pop(self._key, None)
+        if error is not None:
+            raise error
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"offset {self._offset}"
+        return f"<trurn Journal {str(self.path)!r} fsync={self.fsync_policy!r} {state}>"
+
+
+_FSYNC_POLICIES = ("turn", "record", "never")
+
+
+async def open_journal(
+    path: str | os.PathLike[str],
+    *,
+    fsync: FsyncPolicy = "turn",
+    create: bool = False,
+    file_ops: FileOps = OS_FILE_OPS,
+) -> Journal:
+    """Open a session file for appending, as its one writer::
+
+        async with await open_journal(path, create=True) as journal:
+            if journal.contents.header is None:
+                await journal.append([Header(session_id=...)])
+            await journal.append([MessageRecord(message=...)])
+
+    (``async with await``, like ``trio.open_file``; a long-lived owner keeps the
+    :class:`Journal` and calls :meth:`Journal.aclose`.)
+
+    ``create=True`` creates a missing file with mode ``0600``; otherwise a missing file
+    raises ``FileNotFoundError``, and other open errors (a read-only file or directory)
+    come out as the ``OSError`` itself. Then it takes the writer lock (a second writer,
+    in this process or another, gets :class:`SessionLockedError` naming the file), reads
+    and parses the file (:class:`SessionCorruptError`, :class:`SessionVersionError`;
+    the result is ``journal.contents``) and, if the last line is torn, cuts it off so
+    the next append starts on a clean line: those bytes were never acknowledged by an
+    append. That cut is the only change opening makes to an existing file.
+
+    ``fsync`` is the :data:`FsyncPolicy`. ``file_ops`` replaces the OS calls (tests).
+    Every file operation runs in a worker thread. If cancelled, nothing stays open.
+    """
+    if fsync not in _FSYNC_POLICIES:
+        raise ValueError(f"fsync must be one of {_FSYNC_POLICIES}, got {fsync!r}")
+    absolute = pathlib.Path(os.fspath(await trio.Path(path).absolute()))
+    flags = (
+        os.O_RDWR
+        | os.O_APPEND
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)  # Windows would translate newlines otherwise
+        | (os.O_CREAT if create else 0)
+    )
+    fd = await trio.to_thread.run_sync(os.open, absolute, flags, 0o600)
+    key: tuple[int, int] | None = None
+    try:
+        info = await trio.to_thread.run_sync(os.fstat, fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SessionWriteError(f"{absolute} is not a regular file", path=absolute)
+        if (info.st_dev, info.st_ino) in _open_journals:
+            other = _open_journals[(info.st_dev, info.st_ino)]
+            raise SessionLockedError(
+                f"{absolute} is already open for writing in this process (as {other})",
+                path=absolute,
+            )
+        key = (info.st_dev, info.st_ino)
+        _open_journals[key] = str(absolute)
+        await trio.to_thread.run_sync(_lock_exclusive, fd, str(absolute))
+        data = await trio.to_thread.run_sync(_read_all, fd)
+        contents = parse_journal(data, absolute)
+        if contents.torn_tail is not None:
+            try:
+                await trio.to_thread.run_sync(file_ops.truncate, fd, contents.end_offset)
+            except OSError as exc:
+                raise SessionWriteError(
+                    f"{absolute}: cannot cut off the torn last line: {exc.strerror or exc}",
+                    path=absolute,
+                ) from exc
+    except BaseException:
+        if key is not None:
+            _open_journals.pop(key, None)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(os.close, fd)
+        raise
+    assert key is not None
+    return Journal(path=absolute, fd=fd, key=key, contents=contents, fsync=fsync, file_ops=file_ops)
