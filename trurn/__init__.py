@@ -28,6 +28,12 @@ from ._errors import ProviderError as ProviderError
 from ._errors import ProviderTimeout as ProviderTimeout
 from ._errors import RateLimitError as RateLimitError
 from ._errors import ServerError as ServerError
+from ._errors import SessionCorruptError as SessionCorruptError
+from ._errors import SessionError as SessionError
+from ._errors import SessionIdError as SessionIdError
+from ._errors import SessionLockedError as SessionLockedError
+from ._errors import SessionVersionError as SessionVersionError
+from ._errors import SessionWriteError as SessionWriteError
 from ._errors import ToolArgumentsError as ToolArgumentsError
 from ._errors import ToolError as ToolError
 from ._errors import TrurnError as TrurnError
@@ -81,6 +87,12 @@ __all__ = [
     "Reducer",
     "RetryPolicy",
     "ServerError",
+    "SessionCorruptError",
+    "SessionError",
+    "SessionIdError",
+    "SessionLockedError",
+    "SessionVersionError",
+    "SessionWriteError",
     "SubscriberStatistics",
     "SystemMessage",
     "ThinkingBlock",

@@ -109,7 +109,7 @@ class AssistantMessage(
     aborted: bool = False
 
 
-ToolStatus = Literal["ok", "error", "cancelled", "denied"]
+ToolStatus = Literal["ok", "error", "cancelled", "denied", "interrupted"]
 
 
 class ToolMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="role", tag="tool"):
@@ -117,7 +117,9 @@ class ToolMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="role", t
 
     ``status`` is ``"ok"`` for a normal result; ``"error"`` when the tool failed,
     its arguments were invalid or it does not exist; ``"cancelled"`` when the turn
-    was cancelled before it finished; ``"denied"`` when approval was refused.
+    was cancelled before it finished; ``"denied"`` when approval was refused;
+    ``"interrupted"`` when a restored session found the call without a result (the
+    process ended mid-call).
     """
 
     tool_call_id: str

@@ -108,6 +108,11 @@ async def play_turn(
     """Run one turn of ``agent`` on ``context``; see :meth:`trurn.Agent.run_turn`."""
     if context._busy:
         raise RuntimeError("a turn is already running on this context")
+    if context.path is not None and not context.is_open:
+        raise RuntimeError(
+            f"{context.path} is not open: use 'async with Context(path) as context' "
+            "(or await context.restore()) before running a turn on it"
+        )
     turn_id = "turn_" + secrets.token_hex(8)
     emit = _Emitter(agent, turn_id, on_event)
     start = len(context.messages)
@@ -122,7 +127,9 @@ async def play_turn(
         # The emitter cancels this scope if ``on_event`` raises; the error is re-raised below.
         with emit.scope:
             await emit([events.TurnStarted(input=message, parent_turn_id=parent_turn_id)])
-            context.append(UserMessage(message))
+            context.mark_turn_start(turn_id, parent_turn_id, seq=agent._seq)
+            context.append(UserMessage(message), seq=agent._seq)
+            await context.flush()
             for iteration in range(agent.max_steps):
                 policy = agent.iteration_policy
                 if policy is not None and not await policy.should_continue(iteration, tool_calls):
@@ -152,9 +159,14 @@ async def play_turn(
                 if on_progress is not None:
                     await _report_progress(on_progress, reply)
                 await _run_tools(agent, context, emit, reply.tool_calls)
+                await context.flush()
 
             new_messages = list(context.messages[start:])
             text = _last_text(new_messages)
+            # Durable before announced: the turn's records reach the disk (per the
+            # context's fsync policy) before subscribers hear it finished.
+            context.mark_turn_end(turn_id, stop_reason, usage, seq=agent._seq)
+            await context.sync()
             await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=text)])
         if emit.callback_error is not None:
             raise emit.callback_error
@@ -220,8 +232,9 @@ async def _stream_reply(
         await emit([retrying])
         await trio.sleep(delay)
     reply = assemble(state, call_id_prefix=f"call_{secrets.token_hex(4)}")
-    context.append(reply)
+    context.append(reply, seq=agent._seq)
     await emit([events.AssistantFinal(message=reply)])
+    await context.flush()
     return reply
 
 
@@ -236,7 +249,7 @@ async def _keep_partial(context: Context, emit: _Emitter, state: StreamState) ->
     if not (reply.content and reply.content.strip()):
         return
     partial = msgspec.structs.replace(reply, tool_calls=[], server_blocks=[], aborted=True)
-    context.append(partial)
+    context.append(partial, seq=emit.last_seq)
     await emit.final([events.AssistantFinal(message=partial)])
 
 
@@ -288,7 +301,7 @@ async def _run_tools(
             raise fatal.exceptions[0] from None
         raise
     finally:
-        context.extend(result for result in results if result is not None)
+        context.extend((result for result in results if result is not None), seq=emit.last_seq)
 
 
 async def _report_progress(on_progress: OnProgress, reply: AssistantMessage) -> None:
@@ -322,10 +335,21 @@ async def _abort(context: Context, emit: _Emitter, exc: BaseException, usage: Us
     closing: list[events.BaseEvent] = []
     if reason == "error":
         closing.append(events.Error(message=_describe(exc), error_type=type(exc).__name__))
-    closing.extend(_exit_event(result) for result in context.close_tool_calls(status, content))
+    seq = emit.last_seq
+    closing.extend(
+        _exit_event(result) for result in context.close_tool_calls(status, content, seq=seq)
+    )
     closing.append(events.RunAborted(reason=reason))
     stop_reason = "error" if reason == "error" else "aborted"
     closing.append(events.TurnFinished(stop_reason=stop_reason, usage=usage))
+    context.mark_turn_end(emit.turn_id, stop_reason, usage, seq=seq)
+    with trio.CancelScope(shield=True):
+        try:
+            await context.sync()
+        except Exception:
+            # The records stay pending in the context and the next flush (or aclose)
+            # writes them; the error that ended the turn is the one to raise.
+            pass
     await emit.final(closing)
 
 
@@ -388,6 +412,15 @@ class _Emitter:
         self._on_event = on_event
         self.scope = trio.CancelScope()
         self.callback_error: Exception | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event this agent published."""
+        return self._agent._seq
+
+    @property
+    def turn_id(self) -> str:
+        return self._turn_id
 
     def _stamp(self, batch: Sequence[events.BaseEvent]) -> None:
         agent = self._agent
