@@ -150,14 +150,13 @@ class Context:
     async def flush(self) -> None:
         """Write the records added since the last flush, as whole lines in one write.
 
-        A no-op for an in-memory context. The write itself is shielded: a cancel that
-        arrives before it leaves every record pending, one that arrives during it waits
-        for it. If the disk fails (:class:`~trurn.SessionWriteError`), the file stays
+        For an in-memory context it does nothing and is not even a checkpoint (the turn
+        calls it after every step). The write itself is shielded: a cancel that arrives
+        before it leaves every record pending, one that arrives during it waits for it. If the disk fails (:class:`~trurn.SessionWriteError`), the file stays
         valid and the records stay pending, to be written by the next flush.
         """
         journal = self._journal
         if journal is None or not self._pending:
-            await trio.lowlevel.checkpoint()
             return
         records = self._pending
         self._pending = []
