@@ -246,3 +246,19 @@ async def test_cancelled_mid_stream_the_partial_reply_is_on_disk(
     end = contents.records[-1]
     assert isinstance(end, TurnEnd)
     assert end.stop_reason == "aborted"
+
+
+async def test_a_restored_session_continues_its_seq_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "seq.jsonl"
+    async with trurn.Context(path) as context:
+        await trurn.Agent(FakeProvider([text_reply("one")])).run_turn(context, "a")
+    first = (await read_journal(path)).records
+    # A new process: a new agent, whose own seq starts from 0.
+    async with trurn.Context(path) as context:
+        assert context.last_seq == max(r.seq for r in first)
+        seen: list[events.Event] = []
+        agent = trurn.Agent(FakeProvider([text_reply("two")]))
+        await agent.run_turn(context, "b", on_event=seen.append)
+    assert seen[0].seq == context.last_seq + 1
+    seqs = [r.seq for r in (await read_journal(path)).records[1:]]
+    assert seqs == sorted(seqs)

@@ -59,6 +59,8 @@ class Context:
         # Records not written yet: the file lags memory by exactly these.
         self._pending: list[Record] = []
         self._busy = False
+        self.last_seq = 0
+        """The highest event seq recorded in this session (restored from its file)."""
         self.torn_tail: bytes | None = None
         """The bytes of a last line a crash cut short, found and dropped by restore."""
 
@@ -135,6 +137,7 @@ class Context:
         self._journal = journal
         self.torn_tail = contents.torn_tail
         self._messages = [r.message for r in contents.records if isinstance(r, MessageRecord)]
+        self.last_seq = max((r.seq for r in contents.records), default=0)
         if contents.header is None:
             session_id = self.session_id or validate_session_id(self.path.stem)
             work_dir = None if self.work_dir is None else str(self.work_dir)
@@ -152,8 +155,9 @@ class Context:
 
         For an in-memory context it does nothing and is not even a checkpoint (the turn
         calls it after every step). The write itself is shielded: a cancel that arrives
-        before it leaves every record pending, one that arrives during it waits for it. If the disk fails (:class:`~trurn.SessionWriteError`), the file stays
-        valid and the records stay pending, to be written by the next flush.
+        before it leaves every record pending, one that arrives during it waits for it.
+        If the disk fails (:class:`~trurn.SessionWriteError`), the file stays valid and
+        the records stay pending, to be written by the next flush.
         """
         journal = self._journal
         if journal is None or not self._pending:

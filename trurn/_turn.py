@@ -113,6 +113,9 @@ async def play_turn(
             f"{context.path} is not open: use 'async with Context(path) as context' "
             "(or await context.restore()) before running a turn on it"
         )
+    # A restored session continues its seq numbers, so records of old and new turns
+    # never share one (a subscriber resuming from a seq relies on that).
+    agent._seq = max(agent._seq, context.last_seq)
     turn_id = "turn_" + secrets.token_hex(8)
     emit = _Emitter(agent, turn_id, on_event)
     start = len(context.messages)
