@@ -30,8 +30,10 @@ from ._errors import RateLimitError as RateLimitError
 from ._errors import ServerError as ServerError
 from ._errors import SessionCorruptError as SessionCorruptError
 from ._errors import SessionError as SessionError
+from ._errors import SessionExistsError as SessionExistsError
 from ._errors import SessionIdError as SessionIdError
 from ._errors import SessionLockedError as SessionLockedError
+from ._errors import SessionNotFoundError as SessionNotFoundError
 from ._errors import SessionVersionError as SessionVersionError
 from ._errors import SessionWriteError as SessionWriteError
 from ._errors import ToolArgumentsError as ToolArgumentsError
@@ -49,6 +51,8 @@ from ._nucleus import Nucleus as Nucleus
 from ._nucleus import Reducer as Reducer
 from ._nucleus import Transition as Transition
 from ._retry import RetryPolicy as RetryPolicy
+from ._store import SessionInfo as SessionInfo
+from ._store import SessionStore as SessionStore
 from ._tools import BaseTool as BaseTool
 from ._tools import FunctionTool as FunctionTool
 from ._tools import ToolContext as ToolContext
@@ -89,8 +93,12 @@ __all__ = [
     "ServerError",
     "SessionCorruptError",
     "SessionError",
+    "SessionExistsError",
     "SessionIdError",
+    "SessionInfo",
     "SessionLockedError",
+    "SessionNotFoundError",
+    "SessionStore",
     "SessionVersionError",
     "SessionWriteError",
     "SubscriberStatistics",

@@ -23,6 +23,8 @@ Every exception trurn raises on purpose derives from :class:`TrurnError`::
         ├── SessionLockedError        another writer has the session file open
         ├── SessionWriteError         writing or syncing the file failed; it stays valid
         ├── SessionCorruptError       a line is not a record (see .line)
+        ├── SessionExistsError        a session with this id is already there
+        ├── SessionNotFoundError      no session with this id (also a LookupError)
         └── SessionVersionError       the file is from a newer trurn
 
 Lower-level errors (httpx, msgspec) are mapped to the most specific class with
@@ -49,8 +51,10 @@ __all__ = [
     "ServerError",
     "SessionCorruptError",
     "SessionError",
+    "SessionExistsError",
     "SessionIdError",
     "SessionLockedError",
+    "SessionNotFoundError",
     "SessionVersionError",
     "SessionWriteError",
     "ToolArgumentsError",
@@ -214,3 +218,14 @@ class SessionVersionError(SessionError):
         super().__init__(message, path=path)
         self.found = found
         self.supported = supported
+
+
+class SessionExistsError(SessionError):
+    """A session with this id already exists where the new one would go.
+
+    ``path`` names the existing file (or link). Nothing was written.
+    """
+
+
+class SessionNotFoundError(SessionError, LookupError):
+    """No session with this id, in the work dir's links or in the global date dirs."""
