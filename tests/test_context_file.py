@@ -13,6 +13,7 @@ from fakes import HANG, FakeProvider, text_reply, tool_reply
 import trurn
 from trurn import events
 from trurn._chunks import TextDelta
+from trurn._context import SessionRecoveryWarning
 from trurn._journal import open_journal, read_journal
 from trurn._messages import AssistantMessage, Message, ToolCall, ToolMessage, UserMessage
 from trurn._records import Header, MessageRecord, TurnEnd, TurnStart
@@ -135,10 +136,15 @@ async def test_restore_gives_a_crashed_turns_tool_calls_an_interrupted_result(
     last = messages[-1]
     assert isinstance(last, ToolMessage)
     assert (last.tool_call_id, last.status) == ("c1", "interrupted")
-    # The repair was written, so reading the file again without restoring shows it.
+    # The repair was written, so reading the file again without restoring shows it: the
+    # result, and an end marker for the turn the crash left open.
     contents = await read_journal(path)
-    assert isinstance(contents.records[-1], MessageRecord)
-    assert contents.records[-1].message == last
+    repaired, end = contents.records[-2:]
+    assert isinstance(repaired, MessageRecord)
+    assert repaired.message == last
+    assert isinstance(end, TurnEnd)
+    assert (end.turn_id, end.stop_reason) == ("t1", "interrupted")
+    assert repaired.seq == end.seq == max(r.seq for r in contents.records)
 
 
 async def test_a_torn_last_line_is_reported_dropped_and_the_next_turn_appends_cleanly(
@@ -149,7 +155,9 @@ async def test_a_torn_last_line_is_reported_dropped_and_the_next_turn_appends_cl
         await trurn.Agent(FakeProvider([text_reply("one")])).run_turn(context, "a")
     with path.open("ab") as file:
         file.write(b'{"kind":"message","seq":9,"message":{"role":"user","con')
-    async with trurn.Context(path) as context:
+    with pytest.warns(SessionRecoveryWarning, match="dropped a torn last line of 55 bytes"):
+        context = await trurn.Context(path).restore()
+    async with context:
         assert context.torn_tail is not None
         assert context.torn_tail.startswith(b'{"kind":"message"')
         assert [m.content for m in context.messages] == ["a", "one"]
@@ -262,3 +270,25 @@ async def test_a_restored_session_continues_its_seq_numbers(tmp_path: Path) -> N
     assert seen[0].seq == context.last_seq + 1
     seqs = [r.seq for r in (await read_journal(path)).records[1:]]
     assert seqs == sorted(seqs)
+
+
+async def test_a_closed_context_refuses_new_messages(tmp_path: Path) -> None:
+    async with trurn.Context(tmp_path / "s.jsonl") as context:
+        pass
+    with pytest.raises(trio.ClosedResourceError, match="was closed"):
+        context.append(UserMessage("lost"))
+
+
+async def test_a_file_name_that_is_not_a_session_id_says_where_the_id_came_from(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(trurn.SessionIdError, match=r"comes from the file name 'my notes\.jsonl'"):
+        trurn.Context(tmp_path / "my notes.jsonl")
+    context = trurn.Context(tmp_path / "my notes.jsonl", session_id="notes")
+    assert context.session_id == "notes"
+
+
+async def test_create_false_refuses_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await trurn.Context(tmp_path / "gone.jsonl", create=False).restore()
+    assert not (tmp_path / "gone.jsonl").exists()

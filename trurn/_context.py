@@ -9,17 +9,25 @@ and written by :meth:`Context.flush` as whole lines, in one shielded write.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import trio
 
+from ._errors import SessionIdError
 from ._journal import FsyncPolicy, Journal, open_journal, validate_session_id
 from ._messages import AssistantMessage, Message, ToolCall, ToolMessage, ToolStatus, Usage
 from ._records import Header, MessageRecord, Record, TurnEnd, TurnStart
 
-__all__ = ["Context", "get_last_total_tokens", "get_last_usage", "unanswered_tool_calls"]
+__all__ = [
+    "Context",
+    "SessionRecoveryWarning",
+    "get_last_total_tokens",
+    "get_last_usage",
+    "unanswered_tool_calls",
+]
 
 INTERRUPTED = "Interrupted: the session ended before this tool call finished."
 
@@ -36,7 +44,9 @@ class Context:
     takes the writer lock (a second writer, in this process or another, gets
     :class:`~trurn.SessionLockedError`). ``fsync`` says when writes are forced to disk:
     ``"turn"`` (at the end of each turn), ``"record"`` (every write) or ``"never"``.
-    ``session_id`` defaults to the file name without its extension.
+    ``session_id`` defaults to the file name without its extension. ``create=False``
+    makes :meth:`restore` refuse a missing file (``FileNotFoundError``) instead of
+    starting a new session there.
     """
 
     def __init__(
@@ -47,18 +57,29 @@ class Context:
         session_id: str | None = None,
         messages: Iterable[Message] = (),
         fsync: FsyncPolicy = "turn",
+        create: bool = True,
     ) -> None:
         self.path = None if path is None else Path(path)
         self.work_dir = None if work_dir is None else Path(work_dir)
         if session_id is None and self.path is not None:
-            session_id = self.path.stem
+            try:
+                session_id = validate_session_id(self.path.stem)
+            except SessionIdError as exc:
+                raise SessionIdError(
+                    f"{exc} (the session id comes from the file name {self.path.name!r}; "
+                    "pass session_id=... or rename the file)",
+                    path=self.path,
+                ) from None
         self.session_id = None if session_id is None else validate_session_id(session_id)
         self._fsync: FsyncPolicy = fsync
+        self._create = create
+        self._closed = False
         self._messages: list[Message] = list(messages)
         self._journal: Journal | None = None
         # Records not written yet: the file lags memory by exactly these.
         self._pending: list[Record] = []
         self._busy = False
+        self._open_turn: str | None = None  # the turn started and not yet ended in the file
         self.last_seq = 0
         """The highest event seq recorded in this session (restored from its file)."""
         self.torn_tail: bytes | None = None
@@ -81,6 +102,8 @@ class Context:
 
         ``seq`` is the seq of the last event published before it, kept in its record.
         """
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self.path} was closed: restore it again to add to it")
         self._messages.append(message)
         if self._journal is not None:
             self._pending.append(MessageRecord(message=message, seq=seq))
@@ -109,13 +132,22 @@ class Context:
         """Record that a turn began (a no-op in memory)."""
         if self._journal is not None:
             self._pending.append(TurnStart(turn_id=turn_id, parent_turn_id=parent_turn_id, seq=seq))
+            self._open_turn = turn_id
 
     def mark_turn_end(self, turn_id: str, stop_reason: str, usage: Usage, *, seq: int) -> None:
-        """Record that a turn ended (a no-op in memory)."""
-        if self._journal is not None:
-            self._pending.append(
-                TurnEnd(turn_id=turn_id, stop_reason=stop_reason, usage=usage, seq=seq)
-            )
+        """Record that a turn ended (a no-op in memory, and for a turn never started).
+
+        A turn ends once: a second call (a turn whose final sync failed, then aborted)
+        replaces the end marker still pending.
+        """
+        if self._journal is None or self._open_turn != turn_id:
+            return
+        self._pending = [
+            r for r in self._pending if not (isinstance(r, TurnEnd) and r.turn_id == turn_id)
+        ]
+        self._pending.append(
+            TurnEnd(turn_id=turn_id, stop_reason=stop_reason, usage=usage, seq=seq)
+        )
 
     # -- the file ------------------------------------------------------------------------
 
@@ -132,17 +164,30 @@ class Context:
             raise RuntimeError("this Context has no path: it lives in memory only")
         if self._journal is not None:
             raise RuntimeError(f"{self.path} is already restored")
-        journal = await open_journal(self.path, fsync=self._fsync, create=True)
+        journal = await open_journal(self.path, fsync=self._fsync, create=self._create)
         contents = journal.contents
         self._journal = journal
+        self._closed = False
         self.torn_tail = contents.torn_tail
+        if contents.torn_tail is not None:
+            warnings.warn(
+                f"{self.path}: dropped a torn last line of {len(contents.torn_tail)} bytes "
+                "(the process ended while writing it); the history before it is intact",
+                SessionRecoveryWarning,
+                stacklevel=2,
+            )
         self._messages = [r.message for r in contents.records if isinstance(r, MessageRecord)]
         self.last_seq = max((r.seq for r in contents.records), default=0)
         if contents.header is None:
             session_id = self.session_id or validate_session_id(self.path.stem)
             work_dir = None if self.work_dir is None else str(self.work_dir)
             self._pending.append(Header(session_id=session_id, work_dir=work_dir))
-        self.close_tool_calls("interrupted", INTERRUPTED)
+        # Repair what a crash left: results for tool calls that never got one, and an
+        # end marker for a turn that never ended.
+        self.close_tool_calls("interrupted", INTERRUPTED, seq=self.last_seq)
+        self._open_turn = _unfinished_turn(contents.records)
+        if self._open_turn is not None:
+            self.mark_turn_end(self._open_turn, "interrupted", Usage(), seq=self.last_seq)
         try:
             await self.flush()
         except BaseException:
@@ -182,6 +227,7 @@ class Context:
         if journal is None:
             await trio.lowlevel.checkpoint()
             return
+        self._closed = True
         with trio.CancelScope(shield=True):
             try:
                 if self._pending:
@@ -206,6 +252,20 @@ class Context:
     def __repr__(self) -> str:
         where = "in memory" if self.path is None else str(self.path)
         return f"<trurn.Context {where}, {len(self._messages)} messages>"
+
+
+class SessionRecoveryWarning(UserWarning):
+    """Restoring a session dropped something a crash left half-written."""
+
+
+def _unfinished_turn(records: Sequence[Record]) -> str | None:
+    """The id of the last turn that started and has no end marker, if any."""
+    for record in reversed(records):
+        if isinstance(record, TurnEnd):
+            return None
+        if isinstance(record, TurnStart):
+            return record.turn_id
+    return None
 
 
 def unanswered_tool_calls(messages: Sequence[Message]) -> list[ToolCall]:
