@@ -27,34 +27,50 @@ def times(ratio: float) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """``trurn ÷ baseline`` must be at most ``bound`` (or at least, when ``at_least``)."""
+    """``trurn ÷ baseline`` must be at most ``bound`` (or at least, when ``at_least``).
+
+    With a ``unit``, the bound is absolute instead: it applies to the row's ``value``
+    (trurn's own figure, in that unit), and the ratio is for information.
+    """
 
     bound: float
     at_least: bool = False
+    unit: str | None = None
 
     def met(self, ratio: float) -> bool:
         return ratio >= self.bound if self.at_least else ratio <= self.bound
 
     def __str__(self) -> str:
-        return f"{'≥' if self.at_least else '≤'} {self.bound:g}{_TIMES}"
+        unit = _TIMES if self.unit is None else f" {self.unit}"
+        return f"{'≥' if self.at_least else '≤'} {self.bound:g}{unit}"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the table: the two figures, already formatted, and their ratio."""
+    """One line of the table: the two figures, already formatted, and their ratio.
+
+    ``value`` is trurn's figure as a number, for a target with a unit.
+    """
 
     what: str
     baseline: str
     trurn: str
     ratio: float
     target: Target | None = None
+    value: float | None = None
 
 
 def verdict(row: Row) -> str:
     """``PASS`` or ``MISS`` against the row's target; ``info`` when it has none."""
     if row.target is None:
         return "info"
-    return "PASS" if row.target.met(row.ratio) else "MISS"
+    if row.target.unit is None:
+        judged = row.ratio
+    elif row.value is None:
+        raise ValueError(f"{row.what}: a target in {row.target.unit} needs the row's value")
+    else:
+        judged = row.value
+    return "PASS" if row.target.met(judged) else "MISS"
 
 
 def markdown(rows: list[Row]) -> str:

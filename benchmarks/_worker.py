@@ -12,6 +12,15 @@ rounds are timed with ``time.process_time()``: the CPU time of this process
 only, as the server runs in another. Every turn's result is checked, so a client that
 stops early or skips a tool call fails loudly instead of looking fast.
 
+Client ``trurn-session`` is ``trurn`` with each turn on a session file
+(``trurn.Context(path)``, fsync ``"turn"``; ``trurn-session-never``: fsync ``"never"``)
+in a new directory under ``--session-dir``. Every turn gets a new file, opened (created,
+locked, header written) before the timed rounds and closed after them, so the history
+and the requests are those of the in-memory client and the timed CPU adds only what the
+turn's appends and its fsync cost.
+The report gives the opening and closing apart (``session_open_cpu_s``,
+``session_close_cpu_s``), and every file is read back to check it holds the whole turn.
+
 The baseline worker never imports trurn (the trurn side is imported only when asked
 for), so its peak RSS is that of a bare trio + httpx + msgspec client.
 
@@ -30,14 +39,18 @@ import gc
 import json
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import (
     AbstractAsyncContextManager,
+    AsyncExitStack,
     asynccontextmanager,
     contextmanager,
     nullcontext,
 )
+from pathlib import Path
+from typing import Literal
 
 import _baseline
 import _baseline_anthropic
@@ -47,6 +60,13 @@ import trio
 from _scenario import EVENTS_PER_TURN, FINAL_TEXT, TOOL_KEYS, USER_MESSAGE, WIRES, Wire
 
 CLIENTS = ("baseline", "trurn", "trurn-subscriber")
+# trurn's FsyncPolicy, spelt out: the baseline worker must not import trurn.
+FsyncPolicy = Literal["turn", "record", "never"]
+SESSION_CLIENTS: dict[str, FsyncPolicy] = {"trurn-session": "turn", "trurn-session-never": "never"}
+"""The clients that run each turn on a session file, and their fsync policy."""
+# What a turn writes to its session file: the header (before the turn), then
+# turn_start, the six messages of two tool rounds and the answer, turn_end.
+_SESSION_KINDS = ["header", "turn_start", *["message"] * 6, "turn_end"]
 _POOL_BOOKKEEPING = "_assign_requests_to_connections"
 
 Turn = Callable[[], Awaitable[None]]
@@ -103,6 +123,51 @@ async def trurn_turns(
     reading = _trurn_client.reading_every_event(agent) if subscriber else nullcontext()
     async with reading:
         yield turn
+
+
+@asynccontextmanager
+async def session_turns(
+    http: httpx.AsyncClient,
+    base_url: str,
+    wire: Wire,
+    session_dir: str,
+    sessions: int,
+    fsync: FsyncPolicy,
+    costs: dict[str, float],
+) -> AsyncIterator[Turn]:
+    """``trurn_turns`` with each turn on its own new session file (``sessions`` of them,
+    opened up front); ``costs`` receives the CPU seconds of opening and closing them."""
+    import _trurn_client
+
+    import trurn
+    from trurn._journal import read_journal
+
+    agent = _trurn_client.make_agent(http, base_url, wire)
+    with tempfile.TemporaryDirectory(prefix="trurn-bench-", dir=session_dir) as directory:
+        paths = [Path(directory) / f"session-{number:05d}.jsonl" for number in range(sessions)]
+        async with AsyncExitStack() as stack:
+            cpu = time.process_time()
+            contexts = [
+                await stack.enter_async_context(trurn.Context(path, fsync=fsync)) for path in paths
+            ]
+            costs["session_open_cpu_s"] = time.process_time() - cpu
+            unused = iter(contexts)
+
+            async def turn() -> None:
+                result = await agent.run_turn(next(unused), USER_MESSAGE)
+                _expect_whole_turn("trurn on a session file", result.text, len(result.tool_calls))
+
+            try:
+                yield turn
+            finally:
+                cpu = time.process_time()
+                await stack.aclose()
+                costs["session_close_cpu_s"] = time.process_time() - cpu
+        for path in paths:
+            records = (await read_journal(path)).records
+            kinds = [type(record).__struct_config__.tag for record in records]
+            if kinds != _SESSION_KINDS:
+                raise RuntimeError(f"trurn on a session file: {path.name} holds {kinds}")
 
 
 async def play_rounds(turn: Turn, concurrency: int, rounds: int) -> None:
@@ -172,10 +237,17 @@ def profiling(path: str | None) -> Iterator[_TaskSteps | None]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
+    costs: dict[str, float] = {}
     async with open_http_client(args.concurrency) as http:
         turns: AbstractAsyncContextManager[Turn]
         if args.client == "baseline":
             turns = baseline_turns(http, args.base_url, args.wire)
+        elif args.client in SESSION_CLIENTS:
+            sessions = args.concurrency * (args.warmup_rounds + args.rounds)
+            fsync = SESSION_CLIENTS[args.client]
+            turns = session_turns(
+                http, args.base_url, args.wire, args.session_dir, sessions, fsync, costs
+            )
         else:
             subscriber = args.client == "trurn-subscriber"
             turns = trurn_turns(http, args.base_url, args.wire, subscriber=subscriber)
@@ -197,6 +269,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         "max_rss_kib": peak_rss_kib(),
         "pool_cpu_s": None if pool is None else pool[0],
         "task_steps": None if steps is None else steps.count,
+        **costs,
     }
 
 
@@ -221,7 +294,7 @@ def peak_rss_kib() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("client", choices=CLIENTS)
+    parser.add_argument("client", choices=(*CLIENTS, *SESSION_CLIENTS))
     parser.add_argument("--base-url", required=True, help="http://127.0.0.1:PORT/v1")
     parser.add_argument("--wire", choices=WIRES, default="openai", help="API format")
     parser.add_argument("--concurrency", type=int, default=1, help="turns at once (default 1)")
@@ -229,6 +302,11 @@ def main() -> None:
     parser.add_argument("--warmup-rounds", type=int, default=1, help="untimed rounds (default 1)")
     parser.add_argument(
         "--profile", metavar="PATH", help="cProfile the timed rounds into PATH, count task steps"
+    )
+    parser.add_argument(
+        "--session-dir",
+        default=tempfile.gettempdir(),
+        help="where the trurn-session clients make their files (default: the temp dir)",
     )
     args = parser.parse_args()
     if args.concurrency < 1 or args.rounds < 1 or args.warmup_rounds < 0:

@@ -6,19 +6,22 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import trurn._store
 from trurn._context import Context
 from trurn._errors import (
     SessionCorruptError,
+    SessionError,
     SessionIdError,
     SessionLockedError,
     SessionWriteError,
 )
-from trurn._journal import open_journal, read_journal
+from trurn._journal import open_journal, parse_journal, read_journal
 from trurn._messages import (
     AssistantMessage,
     Message,
@@ -29,7 +32,15 @@ from trurn._messages import (
     Usage,
     UserMessage,
 )
-from trurn._records import Compaction, Header, MessageRecord, TurnEnd, TurnStart
+from trurn._records import (
+    Compaction,
+    Header,
+    MessageRecord,
+    Record,
+    TurnEnd,
+    TurnStart,
+    encode_lines,
+)
 from trurn._store import (
     SessionExistsError,
     SessionNotFoundError,
@@ -648,7 +659,7 @@ async def test_export_then_import_gives_back_the_same_messages(tmp_path: Path) -
 
 
 def test_markdown_keeps_compaction_markers() -> None:
-    records = [
+    records: list[Record] = [
         MessageRecord(message=UserMessage("a")),
         Compaction(summary="sum\n-- mary\n", user_intent="intent", first_kept=1),
         MessageRecord(message=UserMessage("b")),
@@ -808,3 +819,186 @@ async def test_read_only_directories_give_a_clear_error(tmp_path: Path) -> None:
     finally:
         day.chmod(0o700)
     assert files_under(tmp_path / "root") == []
+
+
+# -- links that lead out of the store --------------------------------------------------------
+
+
+def plant_link(project: Path, session_id: str, target: Path) -> Path:
+    """A work dir link ``session_id`` -> ``target``, as someone else might leave it."""
+    link = project / ".trurn" / "sessions" / f"{session_id}.jsonl"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+async def test_delete_never_removes_a_file_outside_the_store(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = plant_link(project, "x", victim)
+    with pytest.raises(SessionError, match=r"refusing to delete session 'x': .*x\.jsonl.*victim"):
+        await store.delete("x", work_dir=project)
+    assert victim.read_text() == "precious"
+    assert link.is_symlink()  # nothing removed, not even the link
+
+    # Neither through a date dir entry that is itself a link out of the store.
+    day = tmp_path / "root" / "20250314"
+    day.mkdir(parents=True)
+    (day / "z.jsonl").symlink_to(victim)
+    with pytest.raises(SessionError, match=r"z\.jsonl is a link to .*victim"):
+        await store.delete("z")
+    assert victim.read_text() == "precious"
+
+
+async def test_delete_refuses_another_sessions_file_or_a_wrong_header(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    other = await write_session(store, None, "other", [UserMessage("keep")])
+    # A link named "x" to the file of "other": the name does not match.
+    link = plant_link(project, "x", other)
+    with pytest.raises(SessionError, match="refusing to delete session 'x'"):
+        await store.delete("x", work_dir=project)
+    assert other.exists()
+    link.unlink()
+    # The right place and name, but the header names another session (or is not one).
+    impostor = other.parent / "x.jsonl"
+    impostor.write_bytes(other.read_bytes())
+    plant_link(project, "x", impostor)
+    with pytest.raises(SessionError, match=r"not the header of session 'x'; nothing was removed"):
+        await store.delete("x", work_dir=project)
+    impostor.write_bytes(b"plain text, no header\n")
+    with pytest.raises(SessionError, match="not the header of session 'x'"):
+        await store.delete("x")
+    assert impostor.exists()
+    assert link.is_symlink()
+    assert other.exists()
+
+
+async def test_open_continue_and_fork_never_use_a_file_outside_the_store(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"")  # empty: would read as a new session and get a header
+    link = plant_link(project, "x", victim)
+    pattern = r"refusing to (open|fork) session 'x': .*x\.jsonl is a link to .*victim\.txt"
+    with pytest.raises(SessionError, match=pattern):
+        await store.open("x", work_dir=project)
+    with pytest.raises(SessionError, match=pattern):
+        await store.continue_latest(project)
+    with pytest.raises(SessionError, match=pattern):
+        await store.fork("x", work_dir=project, new_session_id="copy")
+    assert victim.read_bytes() == b""
+    # A dangling link out of the store is refused too (open used to create its target).
+    link.unlink()
+    elsewhere = tmp_path / "elsewhere" / "x.jsonl"
+    elsewhere.parent.mkdir()
+    link.symlink_to(elsewhere)
+    with pytest.raises(SessionError, match=r"refusing to open session 'x'"):
+        await store.open("x", work_dir=project)
+    assert not elsewhere.exists()
+    # A copy of a real session outside the store is no session of the store.
+    real = await write_session(store, None, "y", conversation("y"))
+    copy = tmp_path / "elsewhere" / "y.jsonl"
+    copy.write_bytes(real.read_bytes())
+    plant_link(project, "y", copy)
+    with pytest.raises(SessionError, match=r"refusing to fork session 'y'"):
+        await store.fork("y", work_dir=project)
+    with pytest.raises(SessionError, match=r"refusing to export session 'y'"):
+        await store.export_markdown("y", tmp_path / "out.md", work_dir=project)
+    assert files_under(tmp_path / "root") == ["20250314/y.jsonl"]
+    assert not (tmp_path / "out.md").exists()
+
+
+async def test_open_never_creates_a_file_deleted_after_it_was_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    path = await write_session(store, project, "s", [])
+
+    def delete_first(target: Path, **kwargs: Any) -> Context:
+        # Runs after every check open makes: the file vanishes at the worst moment.
+        target.unlink()
+        return Context(target, **kwargs)
+
+    monkeypatch.setattr(trurn._store, "Context", delete_first)
+    with pytest.raises(SessionNotFoundError, match="was deleted"):
+        await store.open("s", work_dir=project)
+    assert not path.exists()
+
+
+# -- directory modes -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    # Under the usual umask, directories made without an explicit mode are world-readable.
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def test_every_directory_the_store_makes_is_private(tmp_path: Path, umask_022: None) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    project = work(tmp_path)
+    project.chmod(0o755)
+    store = SessionStore(env={"HOME": str(home)}, clock=Clock())
+    assert store.root == home / ".trurn" / "global_sessions"
+    async with await store.create(project, "s"):
+        pass
+    for made in [
+        home / ".trurn",
+        home / ".trurn" / "global_sessions",
+        home / ".trurn" / "global_sessions" / "20250314",
+        project / ".trurn",
+        project / ".trurn" / "sessions",
+    ]:
+        assert mode(made) == 0o700, made
+    # What existed already keeps its mode: the user's home and work dir.
+    assert mode(home) == 0o755
+    assert mode(project) == 0o755
+
+    # A deeper TRURN_HOME: every missing level is private; existing ones are untouched.
+    (home / ".trurn" / "global_sessions").chmod(0o750)
+    deep = tmp_path / "a" / "b"
+    (tmp_path / "a").mkdir(mode=0o755)
+    other = SessionStore(env={"TRURN_HOME": str(deep)}, clock=Clock())
+    async with await other.create(None, "t"):
+        pass
+    assert [mode(deep), mode(deep / "global_sessions")] == [0o700, 0o700]
+    assert mode(tmp_path / "a") == 0o755
+    async with await store.create(None, "u"):
+        pass
+    assert mode(home / ".trurn" / "global_sessions") == 0o750
+
+
+# -- files of nothing but zero bytes -------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 4096])
+async def test_a_file_of_only_zero_bytes_is_corrupt_not_torn(tmp_path: Path, size: int) -> None:
+    junk = b"\x00" * size
+    with pytest.raises(SessionCorruptError, match=r"line 1: .*only zero bytes") as caught:
+        parse_journal(junk, "junk.jsonl")
+    assert caught.value.line == 1
+    # After complete lines, trailing zeros are still a crash's torn tail.
+    good = encode_lines([Header(session_id="s")])
+    assert parse_journal(good + junk, "s.jsonl").torn_tail == junk
+
+    store = make_store(tmp_path)
+    path = await write_session(store, None, "s", [])
+    path.write_bytes(junk)
+    with pytest.raises(SessionCorruptError, match=r"s\.jsonl: line 1:"):
+        await store.open("s")
+    with pytest.raises(SessionCorruptError, match="line 1"):
+        await Context(path).restore()
+    assert path.read_bytes() == junk  # nothing rewritten

@@ -145,16 +145,18 @@ _RECORD_START = b'{"kind":"'
 _CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")
 
 
-def _is_torn_record(tail: bytes) -> bool:
+def _is_torn_record(tail: bytes, *, after_lines: bool) -> bool:
     """Whether bytes after the last newline look like the start of a record cut short.
 
     Zero bytes at the end are what some file systems leave after a crash (the size
-    grew, the data never arrived), so they are allowed. Anything else (binary data, a
-    line of another format) is not a torn record but a corrupt file.
+    grew, the data never arrived), so they are allowed, but only zeros after complete
+    lines (``after_lines``): a file of nothing but zeros was never a session file.
+    Anything else (binary data, a line of another format) is not a torn record but a
+    corrupt file.
     """
     text = tail.rstrip(b"\x00")
     if not text:
-        return True
+        return after_lines
     if not text.startswith(_RECORD_START[: len(text)]):
         return False
     if _CONTROL_BYTES.search(text):
@@ -202,10 +204,14 @@ def parse_journal(data: bytes, path: str | os.PathLike[str]) -> JournalContents:
         if number == 1:
             _check_version(line, path)
         records.append(_decode_line(line, number, path))
-    if tail and not _is_torn_record(tail):
+    if tail and not _is_torn_record(tail, after_lines=end_offset > 0):
+        why = (
+            "only zero bytes (binary junk, not a session file)"
+            if not tail.strip(b"\x00")
+            else "the file does not end in a newline and the last line is not a record cut short"
+        )
         raise SessionCorruptError(
-            f"{path}: line {len(lines) + 1}: not a session record"
-            " (the file does not end in a newline and the last line is not a record cut short)",
+            f"{path}: line {len(lines) + 1}: not a session record ({why})",
             path=path,
             line=len(lines) + 1,
         )

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -205,6 +206,37 @@ def _resolve(path: Path) -> Path:
     return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
+def is_session_file(real: Path, real_root: Path, session_id: str) -> bool:
+    """Whether ``real`` (a resolved path) is ``<real_root>/<YYYYMMDD>/<session_id>.jsonl``
+    (pure): the only files the store writes to or removes."""
+    return (
+        real.name == session_id + SUFFIX
+        and _DATE_DIR.match(real.parent.name) is not None
+        and real.parent.parent == real_root
+    )
+
+
+def _session_target_sync(root: Path, path: Path, session_id: str, doing: str) -> Path:
+    """The session file ``path`` stands for, checked to lie in the store (worker thread).
+
+    ``path`` is a work dir's link or a date dir's entry. Whatever it resolves to (through
+    any number of links) must be ``<root>/<YYYYMMDD>/<session_id>.jsonl``, so a link
+    planted in a work dir can never make the store write to, or remove, another file.
+    Raises :class:`SessionError` naming ``path`` and where it leads, before anything is
+    touched (``doing`` says what was refused). The file itself need not exist.
+    """
+    real = Path(os.path.realpath(path))
+    if not is_session_file(real, Path(os.path.realpath(root)), session_id):
+        leads = f"is a link to {os.readlink(path)}" if os.path.islink(path) else "is not a link"
+        raise SessionError(
+            f"refusing to {doing} session {session_id!r}: {path} {leads} (resolved: {real}),"
+            f" not the session file {root}/<YYYYMMDD>/{session_id}{SUFFIX};"
+            " nothing was changed (remove the link if it is stale)",
+            path=path,
+        )
+    return _resolve(path)
+
+
 # -- writing whole files -----------------------------------------------------------------
 
 
@@ -259,9 +291,29 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and each missing parent with mode 0700 (worker thread).
+
+    ``os.makedirs(mode=...)`` gives the mode to the last level only; the others would
+    get the umask's default, readable by everyone. Directories that exist already are
+    left as they are (they may be the user's, like a work dir).
+    """
+    missing: list[Path] = []
+    current = directory
+    while not os.path.exists(current) and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(level):  # made by someone else meanwhile: fine if a dir
+                raise
+
+
 def _make_dir(directory: Path, what: str) -> None:
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _make_private_dirs(directory)
     except OSError as exc:
         raise SessionWriteError(
             f"cannot create the {what} {directory}: {exc.strerror or exc}", path=directory
@@ -556,14 +608,70 @@ def _read_text_sync(path: Path) -> str:
 
 
 def _open_key_sync(path: Path) -> tuple[int, tuple[int, int]]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    info = os.fstat(fd)
+    # O_NONBLOCK: a FIFO in the file's place must not hang the thread; a regular file
+    # ignores it.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SessionError(f"refusing to delete {path}: not a regular file", path=path)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd, (info.st_dev, info.st_ino)
 
 
+class _HeaderProbe(msgspec.Struct):
+    """What delete needs of a header; other fields (even a newer format's) are ignored."""
+
+    kind: str = ""
+    session_id: str | None = None
+    work_dir: str | None = None
+
+
+_header_probe_decoder = msgspec.json.Decoder(_HeaderProbe)
+_FIRST_LINE_LIMIT = 1 << 20
+
+
+def _read_first_line_sync(fd: int) -> bytes:
+    """The file's bytes up to its first newline (at most 1 MiB; worker thread)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = b""
+    while b"\n" not in data and len(data) < _FIRST_LINE_LIMIT:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0]
+
+
+def header_of(line: bytes, session_id: str) -> _HeaderProbe | None:
+    """The header in ``line`` if it is the header of ``session_id``, else ``None`` (pure)."""
+    try:
+        probe = _header_probe_decoder.decode(line)
+    except msgspec.MsgspecError:
+        return None
+    if probe.kind != "header" or probe.session_id != session_id:
+        return None
+    return probe
+
+
 def _delete_locked_sync(fd: int, file: Path, links: Sequence[Path]) -> None:
-    """Remove the links, then the file, holding its OS lock (worker thread)."""
+    """Remove the links, then the file, holding its OS lock (worker thread).
+
+    The file is removed only if ``file`` still names the file open as ``fd`` (the one
+    whose header was checked); otherwise nothing is.
+    """
     _journal._lock_exclusive(fd, str(file))  # another process writing: SessionLockedError
+    opened = os.fstat(fd)
+    try:
+        now = os.lstat(file)
+    except FileNotFoundError:
+        now = None
+    if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        raise SessionError(
+            f"refusing to delete {file}: it was replaced while being deleted", path=file
+        )
     for link in links:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
@@ -724,7 +832,16 @@ class SessionStore:
         self, session_id: str, *, work_dir: str | os.PathLike[str] | None = None
     ) -> Path:
         """The file of ``session_id``: the work dir's link when it has one, else the
-        newest date dir's file. Raises :class:`SessionNotFoundError`."""
+        newest date dir's file. Raises :class:`SessionNotFoundError`, and
+        :class:`~trurn.SessionError` naming the link when it leads anywhere but to
+        ``<root>/<YYYYMMDD>/<session_id>.jsonl``."""
+        path, _ = await self._locate(session_id, work_dir, "use")
+        return path
+
+    async def _locate(
+        self, session_id: str, work_dir: str | os.PathLike[str] | None, doing: str
+    ) -> tuple[Path, Path]:
+        """``find``'s path and the checked session file it stands for."""
         validate_session_id(session_id)
         link = None if work_dir is None else self.link_path(work_dir, session_id)
         filename = session_id + SUFFIX
@@ -741,13 +858,20 @@ class SessionStore:
                     return self.root / date / filename
             return None
 
-        found = await trio.to_thread.run_sync(search)
-        if found is None:
+        def search_and_check() -> tuple[Path, Path] | None:
+            # One thread call: the check sees what the search found.
+            found = search()
+            if found is None:
+                return None
+            return found, _session_target_sync(self.root, found, session_id, doing)
+
+        located = await trio.to_thread.run_sync(search_and_check)
+        if located is None:
             where = f"in {link.parent} or " if link is not None else ""
             raise SessionNotFoundError(
                 f"no session {session_id!r} {where}under {self.root}", path=link
             )
-        return found
+        return located
 
     async def open(
         self,
@@ -759,20 +883,24 @@ class SessionStore:
         """Continue the session ``session_id``: its restored :class:`~trurn.Context`.
 
         Looks in the work dir's links first, then in the global date dirs, newest date
-        first. Raises :class:`SessionNotFoundError` (also when a link's file is gone),
-        :class:`~trurn.SessionLockedError` when it is open for writing already, and
-        what restoring raises for a corrupt file.
+        first. Raises :class:`SessionNotFoundError` (also when a link's file is gone;
+        a missing file is never made anew), :class:`~trurn.SessionError` naming the link
+        when it leads anywhere but ``<root>/<YYYYMMDD>/<session_id>.jsonl`` (nothing is
+        written), :class:`~trurn.SessionLockedError` when it is open for writing
+        already, and what restoring raises for a corrupt file.
         """
-        path = await self.find(session_id, work_dir=work_dir)
-        target = await trio.to_thread.run_sync(_resolve, path)
-        if not await trio.Path(target).is_file():
+        path, target = await self._locate(session_id, work_dir, "open")
+        work = await _absolute(work_dir)
+        # create=False: a file deleted since it was found is reported, not made anew.
+        context = Context(target, work_dir=work, session_id=session_id, fsync=fsync, create=False)
+        try:
+            return await context.restore()
+        except FileNotFoundError as exc:
             raise SessionNotFoundError(
                 f"the session {session_id!r} was deleted: {path} points to {target},"
                 " which is missing",
                 path=path,
-            )
-        work = await _absolute(work_dir)
-        return await Context(target, work_dir=work, session_id=session_id, fsync=fsync).restore()
+            ) from exc
 
     async def continue_latest(
         self, work_dir: str | os.PathLike[str], *, fsync: FsyncPolicy = "turn"
@@ -836,12 +964,12 @@ class SessionStore:
             validate_session_id(new_session_id)
         if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):
             raise TypeError(f"upto must be an int or None, got {type(upto).__name__}")
-        path = await self.find(session_id, work_dir=work_dir)
-        contents = await _journal.read_journal(path)
+        _, target = await self._locate(session_id, work_dir, "fork")
+        contents = await _journal.read_journal(target)
         count = sum(isinstance(r, MessageRecord) for r in contents.records)
         if upto is not None and not 0 <= upto <= count:
             raise ValueError(
-                f"upto must be between 0 and {count} (the messages of {path}), got {upto}"
+                f"upto must be between 0 and {count} (the messages of {target}), got {upto}"
             )
         records = _prefix(contents.records, count if upto is None else upto)
         header = contents.header
@@ -857,10 +985,12 @@ class SessionStore:
         Found as :meth:`open` finds it. Refuses with :class:`~trurn.SessionLockedError`
         while the session is open for writing, in this process or (through its OS lock)
         another; while it deletes, nobody can open it. A link whose file is already gone
-        is just removed.
+        is just removed. Only ever removes ``<root>/<YYYYMMDD>/<session_id>.jsonl`` whose
+        header names ``session_id``, and links to it: a link leading anywhere else, or a
+        file without that header, raises :class:`~trurn.SessionError` and nothing is
+        removed.
         """
-        path = await self.find(session_id, work_dir=work_dir)
-        target = await trio.to_thread.run_sync(_resolve, path)
+        path, target = await self._locate(session_id, work_dir, "delete")
         candidates = [path] if path != target else []
         try:
             fd, key = await trio.to_thread.run_sync(_open_key_sync, target)
@@ -877,11 +1007,16 @@ class SessionStore:
             # Registered as open, so a Context in this process cannot open it meanwhile.
             _journal._open_journals[key] = f"{target} (being deleted)"
             try:
-                with contextlib.suppress(OSError, SessionError):
-                    contents = await _journal.read_journal(target)
-                    header = contents.header
-                    if header is not None and header.work_dir is not None:
-                        candidates.append(self.link_path(header.work_dir, session_id))
+                line = await trio.to_thread.run_sync(_read_first_line_sync, fd)
+                header = header_of(line, session_id)
+                if header is None:
+                    raise SessionError(
+                        f"refusing to delete {target}: its first line is not the header of"
+                        f" session {session_id!r}; nothing was removed",
+                        path=target,
+                    )
+                if header.work_dir is not None:
+                    candidates.append(self.link_path(header.work_dir, session_id))
                 if work_dir is not None:
                     candidates.append(self.link_path(work_dir, session_id))
                 links = await trio.to_thread.run_sync(_links_to_sync, target, candidates)
@@ -909,8 +1044,8 @@ class SessionStore:
         reads back. Read-only on the session; ``dest`` is replaced whole (temporary file,
         then ``os.replace``), mode 0600 like the session.
         """
-        path = await self.find(session_id, work_dir=work_dir)
-        contents = await _journal.read_journal(path)
+        _, target = await self._locate(session_id, work_dir, "export")
+        contents = await _journal.read_journal(target)
         text = render_markdown(contents.header, contents.records, session_id=session_id)
         destination = Path(await trio.Path(dest).absolute())
         try:
