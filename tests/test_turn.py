@@ -690,3 +690,20 @@ async def test_an_interrupted_reply_keeps_only_real_text(
     search = ServerToolBlock({"type": "server_tool_use", "id": "s1", "name": "web_search"})
     [kept] = await interrupted([search, TextDelta("Looking")])
     assert (kept.content, kept.server_blocks, kept.aborted) == ("Looking", [], True)
+
+
+async def test_a_callback_failing_on_the_last_event_does_not_end_the_turn_twice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken(event: events.Event) -> None:
+        if isinstance(event, events.TurnFinished):
+            raise ValueError("UI gone")
+
+    agent = trurn.Agent(FakeProvider([text_reply("done")]))
+    async with agent.subscribe(policy="drop", max_buffer=64) as stream:
+        with pytest.raises(ValueError, match="UI gone"):
+            await agent.run_turn(trurn.Context(), "x", on_event=broken)
+        seen = [stream.receive_nowait() for _ in range(stream.statistics().current_buffer_used)]
+    tags = [e.__struct_config__.tag for e in seen]
+    assert tags.count("turn_finished") == 1
+    assert "run_aborted" not in tags

@@ -123,6 +123,7 @@ async def play_turn(
     tool_calls: list[ToolCall] = []
     stop_reason = "max_iterations"
 
+    finished = False
     context._busy = True
     parent_turn_id = current_turn_id.get()
     token = current_turn_id.set(turn_id)
@@ -171,10 +172,12 @@ async def play_turn(
             context.mark_turn_end(turn_id, stop_reason, usage, seq=agent._seq)
             await context.sync()
             await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=text)])
+            finished = True
         if emit.callback_error is not None:
             raise emit.callback_error
     except BaseException as exc:
-        await _abort(context, emit, exc, usage)
+        if not finished:  # a turn that already announced its end is not aborted after it
+            await _abort(context, emit, exc, usage)
         raise
     finally:
         current_turn_id.reset(token)
