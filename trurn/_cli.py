@@ -8,10 +8,17 @@ model name for any OpenAI-compatible server. With neither, it starts trurn's scr
 OpenAI-compatible server in-process and uses its built-in offline model, so it works with
 no network and no key. ``trurn mock-server --port N`` serves that model to other clients.
 
-Exit status: 0 when the turn ran, 1 when the provider or the turn failed (a refused key,
-an unreachable server), 2 for bad arguments or configuration (argparse's usage errors,
-and a :class:`~trurn.ConfigurationError` such as a missing API key, printed as one
-``trurn: error:`` line), 130 when interrupted.
+Each ``trurn run`` is saved in a session of :class:`~trurn.SessionStore` (under
+``$TRURN_HOME``, else ``~/.trurn``, linked from the work dir): a new one by default, whose
+id goes to stderr; ``--continue`` or ``--session ID`` goes on with an earlier one, and
+``--no-session`` keeps the history in memory. ``trurn sessions ...`` lists, shows,
+exports, imports, forks and deletes sessions.
+
+Exit status: 0 when the command did its work, 1 when it failed (the provider refused a
+key, a server was unreachable, a session is unknown, corrupt or open in another
+process), 2 for bad arguments or configuration (argparse's usage errors, options that
+contradict each other, a malformed session id, a :class:`~trurn.ConfigurationError` such
+as a missing API key, each printed as one ``trurn: error:`` line), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -19,17 +26,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import httpx
+import msgspec
 import trio
 
 from . import events
 from ._agent import Agent
-from ._context import Context
-from ._errors import ConfigurationError, TrurnError
+from ._context import Context, SessionRecoveryWarning
+from ._errors import ConfigurationError, SessionIdError, SessionNotFoundError, TrurnError
+from ._journal import read_journal
+from ._store import SessionInfo, SessionStore, render_markdown
 from ._tools import tool
 from ._version import __version__
 from .providers import OpenAIChat, Provider
@@ -55,7 +68,14 @@ provider strings for --model:
   anthropic:MODEL              key from ANTHROPIC_API_KEY, base URL from ANTHROPIC_BASE_URL
   ollama:MODEL                 http://localhost:11434/v1 (or OLLAMA_HOST), no key
   openai-compatible:MODEL@URL  key from OPENAI_COMPATIBLE_API_KEY if set
-exit status: 0 done, 1 the provider or the turn failed, 2 bad arguments or configuration
+sessions are kept under $TRURN_HOME/global_sessions (default ~/.trurn/global_sessions)
+and linked from WORK_DIR/.trurn/sessions; see "trurn sessions --help"
+exit status: 0 done, 1 the provider, the turn or the session failed, 2 bad arguments
+"""
+_SESSIONS_EPILOG = """\
+sessions are kept under $TRURN_HOME/global_sessions (default ~/.trurn/global_sessions)
+and linked from WORK_DIR/.trurn/sessions; an ID is found in the global store
+exit status: 0 done, 1 the session is unknown, corrupt or in use, 2 bad arguments
 """
 
 _FORECASTS = ["sunny, 22°C", "light rain, 14°C", "cloudy, 17°C", "clear skies, 9°C", "snow, -2°C"]
@@ -115,11 +135,79 @@ def _parser() -> argparse.ArgumentParser:
         "--max-steps", type=_int_in(1, 1000), default=10, help="model calls at most (default 10)"
     )
 
+    session = run.add_argument_group(
+        "session", "where the conversation is kept (pick one; the default is --new)"
+    )
+    session.add_argument(
+        "--new", action="store_true", help="start a new session; its id is printed on stderr"
+    )
+    session.add_argument("--session", metavar="ID", help="continue the session ID")
+    session.add_argument(
+        "-c",
+        "--continue",
+        dest="continue_latest",
+        action="store_true",
+        help="continue the work dir's most recent session",
+    )
+    session.add_argument(
+        "--no-session", action="store_true", help="keep the conversation in memory only"
+    )
+    _add_work_dir(session, "where sessions are linked and looked for")
+
     serve = commands.add_parser("mock-server", help="serve the offline model over HTTP")
     serve.add_argument(
         "--port", type=_int_in(1, 65535), default=8000, help="port on 127.0.0.1 (default 8000)"
     )
+
+    sessions = commands.add_parser(
+        "sessions",
+        help="list, show, export, import, fork and delete sessions",
+        epilog=_SESSIONS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = sessions.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the sessions of a work dir, newest first")
+    _add_work_dir(listing, "whose sessions to list")
+    listing.add_argument("--all", action="store_true", help="every session in the store")
+    listing.add_argument("--json", action="store_true", help="a JSON array, for programs")
+    listing.set_defaults(handler=_list_sessions)
+
+    show = actions.add_parser("show", help="print a session as Markdown")
+    show.add_argument("session_id", metavar="ID")
+    show.set_defaults(handler=_show_session)
+
+    export = actions.add_parser("export", help="write a session to a Markdown file")
+    export.add_argument("session_id", metavar="ID")
+    export.add_argument("-o", "--output", metavar="FILE", help="where to write (default: ID.md)")
+    export.set_defaults(handler=_export_session)
+
+    load = actions.add_parser("import", help="make a new session from an exported Markdown file")
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--session-id", metavar="ID", help="the new session's id (default: fresh)")
+    _add_work_dir(load, "where the new session is linked")
+    load.set_defaults(handler=_import_session)
+
+    fork = actions.add_parser(
+        "fork", help="copy a session, or its first N messages, into a new one"
+    )
+    fork.add_argument("session_id", metavar="ID")
+    fork.add_argument(
+        "--upto", metavar="N", type=_int_in(0, 10**9), help="copy only the first N messages"
+    )
+    _add_work_dir(fork, "where the new session is linked")
+    fork.set_defaults(handler=_fork_session)
+
+    delete = actions.add_parser("delete", help="remove a session's file and links")
+    delete.add_argument("session_id", metavar="ID")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=_delete_session)
     return parser
+
+
+def _add_work_dir(group: argparse._ActionsContainer, purpose: str) -> None:
+    group.add_argument(
+        "--work-dir", metavar="DIR", help=f"the project directory {purpose} (default: .)"
+    )
 
 
 class _Printer:
@@ -159,13 +247,89 @@ class _Printer:
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     async with httpx.AsyncClient(timeout=_TIMEOUT) as client:
+        # The provider first: a configuration error leaves no session behind.
         provider = _chosen_provider(args, os.environ, client)
-        if provider is not None:
-            return await _turn(provider, args, out)
-        async with open_scripted_server(demo_model) as server:
-            out.write(f"(using the built-in offline model, served at {server.base_url})\n")
-            offline = OpenAIChat(_OFFLINE_MODEL, base_url=server.base_url, client=client)
-            return await _turn(offline, args, out)
+        async with await _open_context(args) as context:
+            if provider is not None:
+                return await _turn(provider, context, args, out)
+            async with open_scripted_server(demo_model) as server:
+                out.write(f"(using the built-in offline model, served at {server.base_url})\n")
+                offline = OpenAIChat(_OFFLINE_MODEL, base_url=server.base_url, client=client)
+                return await _turn(offline, context, args, out)
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Refuse session options that contradict each other, and settle the work dir."""
+    chosen = [
+        flag
+        for flag, given in (
+            ("--new", args.new),
+            ("--session", args.session is not None),
+            ("--continue", args.continue_latest),
+            ("--no-session", args.no_session),
+        )
+        if given
+    ]
+    if len(chosen) > 1:
+        raise ConfigurationError(f"{chosen[0]} and {chosen[1]} cannot be used together: pick one")
+    if args.no_session:
+        if args.work_dir is not None:
+            raise ConfigurationError(
+                "--work-dir says where sessions go; it cannot be used with --no-session"
+            )
+        return
+    args.work_dir = _work_dir(args.work_dir)
+
+
+def _work_dir(given: str | None) -> Path:
+    """``--work-dir`` (default: the current directory) made absolute; it must exist.
+
+    Synchronous: it looks at the disk, so it runs before Trio starts.
+    """
+    path = Path(os.path.abspath(os.curdir if given is None else given))
+    if not path.is_dir():
+        raise ConfigurationError(f"--work-dir {given}: not a directory")
+    return path
+
+
+async def _open_context(args: argparse.Namespace) -> Context:
+    """The history the turn runs on: in memory, or a new, named or latest session
+    (opened for writing; the caller closes it). Says on stderr which session it is."""
+    if args.no_session:
+        return Context()
+    store = SessionStore()
+    # A crash may have left a torn last line; restoring drops it with a warning, which
+    # the user should see as one line rather than as Python's warning format.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SessionRecoveryWarning)
+        if args.session is not None:
+            context = await store.open(args.session, work_dir=args.work_dir)
+        elif args.continue_latest:
+            found = await store.continue_latest(args.work_dir)
+            if found is None:
+                raise SessionNotFoundError(
+                    f"no session to continue in {args.work_dir}"
+                    " (run without --continue to start one)",
+                    path=store.sessions_dir(args.work_dir),
+                )
+            context = found
+        else:
+            context = await store.create(args.work_dir)
+    for warning in caught:
+        _note(f"warning: {warning.message}")
+    if args.session is None and not args.continue_latest:
+        _note(
+            f"new session {context.session_id}"
+            f" (continue it with --continue, or --session {context.session_id})"
+        )
+    else:
+        _note(f"continuing session {context.session_id} ({len(context.messages)} messages)")
+    return context
+
+
+def _note(text: str) -> None:
+    """One line for the user on stderr, outside the transcript on stdout."""
+    print(f"trurn: {text}", file=sys.stderr, flush=True)
 
 
 def _chosen_provider(
@@ -204,10 +368,10 @@ def _chosen_provider(
     return provider_from_string(model, api_key=api_key, client=client, env=env)
 
 
-async def _turn(provider: Provider, args: argparse.Namespace, out: TextIO) -> int:
+async def _turn(provider: Provider, context: Context, args: argparse.Namespace, out: TextIO) -> int:
     agent = Agent(provider, tools=[get_weather], system=args.system, max_steps=args.max_steps)
     out.write(f"you> {args.message}\n")
-    await agent.run_turn(Context(), args.message, on_event=_Printer(out))
+    await agent.run_turn(context, args.message, on_event=_Printer(out))
     return 0
 
 
@@ -219,11 +383,145 @@ async def _serve(port: int, out: TextIO) -> int:
     return 0
 
 
+# -- trurn sessions ----------------------------------------------------------------------
+#
+# Each handler gets the store and the parsed arguments and returns the exit status. What
+# a command makes (a session id, a file) goes to stdout, alone on its line, for scripts.
+
+_Handler = Callable[[SessionStore, argparse.Namespace, TextIO], Awaitable[int]]
+
+
+def _check_sessions_options(args: argparse.Namespace) -> None:
+    """Refuse ``--all`` with ``--work-dir``, and settle the work dir where there is one."""
+    if getattr(args, "all", False):
+        if args.work_dir is not None:
+            raise ConfigurationError("--all and --work-dir cannot be used together: pick one")
+        return
+    if hasattr(args, "work_dir"):
+        args.work_dir = _work_dir(args.work_dir)
+
+
+async def _list_sessions(store: SessionStore, args: argparse.Namespace, out: TextIO) -> int:
+    infos = await store.list(None if args.all else args.work_dir)
+    if args.json:
+        out.write(sessions_json(infos) + "\n")
+    elif infos:
+        out.write(sessions_table(infos))
+    else:
+        where = "in the store" if args.all else f"in {args.work_dir}"
+        out.write(f"no sessions {where} ({store.root})\n")
+    return 0
+
+
+def sessions_json(infos: Sequence[SessionInfo]) -> str:
+    """``trurn sessions list --json``: the :class:`SessionInfo` fields, paths as strings,
+    times as unix seconds (pure)."""
+    return msgspec.json.format(msgspec.json.encode(infos, enc_hook=_encode_path), indent=2).decode()
+
+
+def _encode_path(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def sessions_table(infos: Sequence[SessionInfo]) -> str:
+    """``trurn sessions list``: one line per session, newest first as given (pure)."""
+    rows = [("ID", "UPDATED", "MESSAGES", "TOKENS", "TITLE")]
+    for info in infos:
+        if info.error is not None:
+            rows.append((info.session_id, "-", "-", "-", f"(cannot be read: {info.error})"))
+            continue
+        updated = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.updated_at))
+        usage = info.last_usage
+        tokens = "-" if usage is None else str(usage.total_tokens)
+        title = info.title if info.title is not None else "(no message yet)"
+        rows.append((info.session_id, updated, str(info.message_count), tokens, title))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    lines = []
+    for row in rows:
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].rjust(widths[2]),
+            row[3].rjust(widths[3]),
+            row[4],
+        ]
+        lines.append("  ".join(cells) + "\n")
+    return "".join(lines)
+
+
+async def _show_session(store: SessionStore, args: argparse.Namespace, out: TextIO) -> int:
+    # export_markdown only writes files; this is the same rendering, to stdout.
+    path = await store.find(args.session_id)
+    contents = await read_journal(path)
+    out.write(render_markdown(contents.header, contents.records, session_id=args.session_id))
+    return 0
+
+
+async def _export_session(store: SessionStore, args: argparse.Namespace, out: TextIO) -> int:
+    dest = args.output if args.output is not None else f"{args.session_id}.md"
+    written = await store.export_markdown(args.session_id, dest)
+    out.write(f"{written}\n")
+    return 0
+
+
+async def _import_session(store: SessionStore, args: argparse.Namespace, out: TextIO) -> int:
+    async with await store.import_markdown(
+        args.file, work_dir=args.work_dir, session_id=args.session_id
+    ) as context:
+        out.write(f"{context.session_id}\n")
+    return 0
+
+
+async def _fork_session(store: SessionStore, args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        forked = await store.fork(args.session_id, upto=args.upto, work_dir=args.work_dir)
+    except ValueError as exc:
+        if isinstance(exc, TrurnError):  # a SessionIdError: reported as it is
+            raise
+        raise ConfigurationError(f"--upto: {exc}") from None
+    async with forked:
+        out.write(f"{forked.session_id}\n")
+    return 0
+
+
+async def _delete_session(store: SessionStore, args: argparse.Namespace, out: TextIO) -> int:
+    path = await store.find(args.session_id)
+    if not args.yes and not await _confirm(f"delete session {args.session_id} ({path})? [y/N] "):
+        _note(f"session {args.session_id} was not deleted (answer y, or pass --yes)")
+        return 1
+    await store.delete(args.session_id)
+    out.write(f"deleted session {args.session_id}\n")
+    return 0
+
+
+async def _confirm(question: str) -> bool:
+    """Ask on stderr and read a line of stdin (in a thread; abandoned on Ctrl-C)."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    answer = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+    if not answer.endswith("\n"):  # end of input: end the prompt's line
+        sys.stderr.write("\n")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def _sessions(args: argparse.Namespace, out: TextIO) -> int:
+    handler: _Handler = args.handler
+    return await handler(SessionStore(), args, out)
+
+
 def _os_error(exc: BaseException) -> OSError | None:
     """The OSError behind ``exc``, also when trio's nurseries wrapped it in a group."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc if isinstance(exc, OSError) else None
+
+
+def _describe(error: OSError) -> str:
+    """``FILE: reason``, or the reason alone when no file is involved (a taken port)."""
+    reason = error.strerror or str(error)
+    return reason if error.filename is None else f"{error.filename}: {reason}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,9 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     try:
         if args.command == "run":
+            _check_run_options(args)
             return trio.run(_run, args, out)
+        if args.command == "sessions":
+            _check_sessions_options(args)
+            return trio.run(_sessions, args, out)
         return trio.run(_serve, args.port, out)
-    except ConfigurationError as exc:  # nothing was sent: a usage error, like argparse's
+    except (ConfigurationError, SessionIdError) as exc:  # nothing was done: a usage error
         out.flush()
         print(f"trurn: error: {exc}", file=sys.stderr)
         return 2
@@ -246,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _os_error(exc)
         if error is None:
             raise
-        print(f"trurn: error: {error.strerror or error}", file=sys.stderr)
+        out.flush()
+        print(f"trurn: error: {_describe(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         out.flush()
