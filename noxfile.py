@@ -90,6 +90,10 @@ def typing(session: nox.Session) -> None:
     session.run("mypy", "--strict", "trurn")
 
 
+EXAMPLE_ARGUMENTS = {"approval_demo.py": ["--yes"]}
+"""Arguments for the examples that ask a person: CI answers by flag."""
+
+
 @nox.session
 def examples(session: nox.Session) -> None:
     session.install(".")
@@ -97,7 +101,7 @@ def examples(session: nox.Session) -> None:
     if not paths:
         session.error("no examples/*.py found")
     for path in paths:  # nox echoes each command, so the log shows which example failed
-        session.run("python", str(path))
+        session.run("python", str(path), *EXAMPLE_ARGUMENTS.get(path.name, []))
 
 
 @nox.session

@@ -55,7 +55,7 @@ class Row:
     what: str
     baseline: str
     trurn: str
-    ratio: float
+    ratio: float | None  # None: nothing to compare with (the baseline has no such thing)
     target: Target | None = None
     value: float | None = None
 
@@ -65,6 +65,8 @@ def verdict(row: Row) -> str:
     if row.target is None:
         return "info"
     if row.target.unit is None:
+        if row.ratio is None:
+            raise ValueError(f"{row.what}: a target on the ratio needs a ratio")
         judged = row.ratio
     elif row.value is None:
         raise ValueError(f"{row.what}: a target in {row.target.unit} needs the row's value")
@@ -81,7 +83,8 @@ def markdown(rows: list[Row]) -> str:
         verdict_text = verdict(row)
         if verdict_text != "info":
             verdict_text = f"**{verdict_text}**"
-        cells = (row.what, row.baseline, row.trurn, times(row.ratio), target, verdict_text)
+        ratio = "—" if row.ratio is None else times(row.ratio)
+        cells = (row.what, row.baseline, row.trurn, ratio, target, verdict_text)
         lines.append(_line(cells))
     return "\n".join(lines)
 

@@ -11,13 +11,18 @@ plain dict (``msgspec.to_builtins`` of trurn's record, made before the clock sta
 ``json.dumps`` (compact, UTF-8), ``write`` and ``flush`` on a file opened in append
 mode, ``os.fsync`` where trurn syncs; and ``json.loads`` of every line to restore.
 It runs in the calling thread, blocking; trurn's :class:`~trurn._journal.Journal`
-writes from a worker thread in a shielded scope, so that part of its cost is what
-keeping the event loop free and the file whole costs.
+writes from its background writer thread, as a session opened with ``async with
+Context(path)`` does, so that part of its cost is what keeping the event loop free and
+the file whole costs.
 
 - :func:`append_seconds` appends the records one at a time or in batches (a turn's
-  records), with fsync ``"never"`` or ``"turn"`` (one fsync per :data:`TURN_RECORDS`
-  records, as a turn does at its end). Wall and CPU time from the first record to the
-  last fsync; the header is written before. Both sides must write the same bytes.
+  records), with fsync ``"never"`` or ``"turn"``. trurn hands each append to the
+  background writer (``enqueue`` + ``flush_nowait``, what ``Context.flush`` does) and
+  waits once per :data:`TURN_RECORDS` records (``sync``, what a turn does at its end:
+  the records are then in the file, and fsynced under ``"turn"``); the baseline writes
+  and flushes each append, with one ``os.fsync`` per turn under ``"turn"``. Wall and
+  CPU time from the first record to the last one in the file; the header is written
+  before. Both sides must write the same bytes.
 - :func:`thread_hop_seconds` times ``trio.to_thread.run_sync`` of a function that
   does nothing: the floor under every append and fsync trurn makes.
 - :func:`restore_seconds` times ``async with trurn.Context(path)`` (open, lock, read,
@@ -217,14 +222,20 @@ def _baseline_append(path: Path, dicts: list[dict[str, Any]], batch: int, fsync:
 
 
 async def _trurn_append(path: Path, records: list[Record], batch: int, fsync: Fsync) -> Timing:
-    async with await open_journal(path, fsync=fsync, create=True) as journal:
-        await journal.append([_HEADER])
-        clock = _Clock()
-        for index in range(0, len(records), batch):
-            await journal.append(records[index : index + batch])
-            if _syncs_after(index, batch):
-                await journal.sync()  # a no-op under fsync="never", as after a turn
-        return clock.stop()
+    journal = await open_journal(path, fsync=fsync, create=True)
+    await journal.append([_HEADER])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.serve_writer)
+        try:
+            clock = _Clock()
+            for index in range(0, len(records), batch):
+                journal.enqueue(records[index : index + batch])
+                journal.flush_nowait()
+                if _syncs_after(index, batch):
+                    await journal.sync()  # in the file (and fsynced under "turn")
+            return clock.stop()
+        finally:
+            await journal.aclose()  # stops the writer
 
 
 def append_seconds(

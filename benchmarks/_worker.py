@@ -12,14 +12,20 @@ rounds are timed with ``time.process_time()``: the CPU time of this process
 only, as the server runs in another. Every turn's result is checked, so a client that
 stops early or skips a tool call fails loudly instead of looking fast.
 
-Client ``trurn-session`` is ``trurn`` with each turn on a session file
-(``trurn.Context(path)``, fsync ``"turn"``; ``trurn-session-never``: fsync ``"never"``)
-in a new directory under ``--session-dir``. Every turn gets a new file, opened (created,
-locked, header written) before the timed rounds and closed after them, so the history
-and the requests are those of the in-memory client and the timed CPU adds only what the
-turn's appends and its fsync cost.
-The report gives the opening and closing apart (``session_open_cpu_s``,
-``session_close_cpu_s``), and every file is read back to check it holds the whole turn.
+Client ``trurn-session`` measures what a session file adds to a turn, in pairs: each
+round plays the ``trurn`` turn twice, once on an in-memory ``trurn.Context()`` and once
+on a session file (``trurn.Context(path)``, fsync ``"turn"``; ``trurn-session-never``:
+fsync ``"never"``), in alternating order, each timed on its own. Pairing the turns in
+one process makes the ratio immune to the machine's drift between processes. Every file
+turn gets a new file in a new directory under ``--session-dir``, opened with ``async
+with`` (created, locked, header written and synced, background writer started) before
+the timed rounds and closed after them, so the history and the requests are those of the
+in-memory turn and the timed CPU adds only what the turn's writes and its sync cost.
+``cpu_s`` is then the file turns' CPU, ``memory_cpu_s`` the in-memory turns', and
+``main_thread_cpu_s`` the file turns' CPU in the event loop's thread (the rest is the
+writer threads'). The report gives the opening and closing apart
+(``session_open_cpu_s``, ``session_close_cpu_s``), and every file is read back to check
+it holds the whole turn. Session clients play one turn at a time.
 
 The baseline worker never imports trurn (the trurn side is imported only when asked
 for), so its peak RSS is that of a bare trio + httpx + msgspec client.
@@ -134,9 +140,10 @@ async def session_turns(
     sessions: int,
     fsync: FsyncPolicy,
     costs: dict[str, float],
-) -> AsyncIterator[Turn]:
-    """``trurn_turns`` with each turn on its own new session file (``sessions`` of them,
-    opened up front); ``costs`` receives the CPU seconds of opening and closing them."""
+) -> AsyncIterator[tuple[Turn, Turn]]:
+    """The ``trurn`` turn in memory, and the same turn on a new session file each time
+    (``sessions`` of them, opened up front); ``costs`` receives the CPU seconds of
+    opening and closing the files."""
     import _trurn_client
 
     import trurn
@@ -147,18 +154,25 @@ async def session_turns(
         paths = [Path(directory) / f"session-{number:05d}.jsonl" for number in range(sessions)]
         async with AsyncExitStack() as stack:
             cpu = time.process_time()
-            contexts = [
-                await stack.enter_async_context(trurn.Context(path, fsync=fsync)) for path in paths
-            ]
+            contexts = []
+            for path in paths:
+                context = await stack.enter_async_context(trurn.Context(path, fsync=fsync))
+                # Creating a file makes its first fsync dearer: that belongs to opening.
+                await context.sync()
+                contexts.append(context)
             costs["session_open_cpu_s"] = time.process_time() - cpu
             unused = iter(contexts)
 
-            async def turn() -> None:
+            async def in_memory() -> None:
+                result = await agent.run_turn(trurn.Context(), USER_MESSAGE)
+                _expect_whole_turn("trurn", result.text, len(result.tool_calls))
+
+            async def on_file() -> None:
                 result = await agent.run_turn(next(unused), USER_MESSAGE)
                 _expect_whole_turn("trurn on a session file", result.text, len(result.tool_calls))
 
             try:
-                yield turn
+                yield in_memory, on_file
             finally:
                 cpu = time.process_time()
                 await stack.aclose()
@@ -236,18 +250,53 @@ def profiling(path: str | None) -> Iterator[_TaskSteps | None]:
         profiler.dump_stats(path)
 
 
-async def measure(args: argparse.Namespace) -> dict[str, object]:
+async def measure_pairs(args: argparse.Namespace) -> dict[str, object]:
+    """A session client: in-memory and file turns in pairs, each timed on its own."""
     costs: dict[str, float] = {}
+    spent = {"memory": 0.0, "file": 0.0, "file_main": 0.0}
+    async with open_http_client(1) as http:
+        sessions = args.warmup_rounds + args.rounds
+        fsync = SESSION_CLIENTS[args.client]
+        pairs = session_turns(
+            http, args.base_url, args.wire, args.session_dir, sessions, fsync, costs
+        )
+        async with pairs as (in_memory, on_file):
+            for _ in range(args.warmup_rounds):
+                await in_memory()
+                await on_file()
+            gc.collect()
+            wall = time.perf_counter()
+            for round_number in range(args.rounds):
+                order = ("memory", "file") if round_number % 2 == 0 else ("file", "memory")
+                for kind in order:
+                    cpu, main_cpu = time.process_time(), time.thread_time()
+                    await (in_memory if kind == "memory" else on_file)()
+                    spent[kind] += time.process_time() - cpu
+                    if kind == "file":
+                        spent["file_main"] += time.thread_time() - main_cpu
+            wall = time.perf_counter() - wall
+    return {
+        "client": args.client,
+        "wire": args.wire,
+        "turns": args.rounds,
+        "cpu_s": spent["file"],
+        "memory_cpu_s": spent["memory"],
+        "main_thread_cpu_s": spent["file_main"],
+        "wall_s": wall,
+        "max_rss_kib": peak_rss_kib(),
+        "pool_cpu_s": None,
+        "task_steps": None,
+        **costs,
+    }
+
+
+async def measure(args: argparse.Namespace) -> dict[str, object]:
+    if args.client in SESSION_CLIENTS:
+        return await measure_pairs(args)
     async with open_http_client(args.concurrency) as http:
         turns: AbstractAsyncContextManager[Turn]
         if args.client == "baseline":
             turns = baseline_turns(http, args.base_url, args.wire)
-        elif args.client in SESSION_CLIENTS:
-            sessions = args.concurrency * (args.warmup_rounds + args.rounds)
-            fsync = SESSION_CLIENTS[args.client]
-            turns = session_turns(
-                http, args.base_url, args.wire, args.session_dir, sessions, fsync, costs
-            )
         else:
             subscriber = args.client == "trurn-subscriber"
             turns = trurn_turns(http, args.base_url, args.wire, subscriber=subscriber)
@@ -269,7 +318,6 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         "max_rss_kib": peak_rss_kib(),
         "pool_cpu_s": None if pool is None else pool[0],
         "task_steps": None if steps is None else steps.count,
-        **costs,
     }
 
 
@@ -311,6 +359,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.concurrency < 1 or args.rounds < 1 or args.warmup_rounds < 0:
         parser.error("--concurrency and --rounds must be >= 1, --warmup-rounds >= 0")
+    if args.client in SESSION_CLIENTS and (args.concurrency != 1 or args.profile):
+        parser.error(f"{args.client} plays one turn at a time, unprofiled")
     print(json.dumps(trio.run(measure, args)))
 
 

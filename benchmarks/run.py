@@ -35,19 +35,28 @@ bytecode caches are on for both (see ``_imports.py``).
 **Broadcast fan-out.** ``trurn.Broadcast.publish`` of batches against one ``await
 send()`` per subscriber per event, see ``_fanout.py``.
 
+**Agents** (``_agents.py``): 1,000 agents serving at once in one process (100 with
+``--quick``), memory per idle agent and per running turn (tracemalloc and RSS, in
+separate processes), and the time for one turn each, all at once; the baseline is the
+hand-written turn, held at the same point.
+
 **Session files** (``_session.py``), written in a temporary directory on the disk where
 session files live (``$TRURN_HOME``, else the home directory; ``--session-dir`` says
 otherwise; the notes name the file system). Appending: records per second through
-trurn's journal, one record or a turn's six per append, fsync ``"never"`` and
-``"turn"`` (one fsync per six records), against ``json.dumps`` + ``write`` + ``flush``
-(+ ``os.fsync``) of the same records as dicts, which must give byte-identical files; for
+trurn's journal and its background writer thread, as a session opened with ``async
+with`` writes (each append handed over, the turn waiting for the file once per six
+records), one record or a turn's six per append, fsync ``"never"`` and ``"turn"`` (one
+fsync per six records), against ``json.dumps`` + ``write`` + ``flush`` (+ ``os.fsync``)
+of the same records as dicts, which must give byte-identical files; for
 information, as the issue sets no target on it. Restoring: ``async with
 trurn.Context(path)`` on a 10,000-message session against ``json.loads`` of each line,
 median wall time; the target is absolute (under 0.1 s). Per turn: the "1 turn at a
-time" client scenario again, with trurn also running each turn on a new session file
-(``_worker.py``, clients ``trurn-session`` with fsync ``"turn"`` and
-``trurn-session-never``), more repetitions; the target is that the file adds at most 5 %
-to the CPU of the same turn in memory.
+time" client scenario again, each worker process (``_worker.py``, clients
+``trurn-session`` with fsync ``"turn"`` and ``trurn-session-never``) playing the trurn
+turn in pairs, once on an in-memory ``Context()`` and once on a new session file opened
+with ``async with``, each timed on its own, in alternating order; more repetitions. The
+target is that the file adds at most 5 % to the CPU of the same turn in memory, both
+measured in the same process, side by side.
 
 The exit status is 0 when targets are missed (this is a measurement, not a test) and 1
 when the benchmark itself is broken (the clients disagree, a worker fails).
@@ -71,6 +80,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import _agents
 import _fanout
 import _imports
 import _session
@@ -125,9 +135,9 @@ class Plan:
     restore_repetitions: int
 
 
-# trurn in memory, then on a session file synced at each turn's end (the target) and
-# never synced (where the cost goes); the bare baseline for information.
-SESSION_CLIENT_ORDER = ("baseline", "trurn", *SESSION_CLIENTS)
+# trurn on a session file synced at each turn's end (the target) and never synced, each
+# against the same turn in memory in the same process; the bare baseline for information.
+SESSION_CLIENT_ORDER = ("baseline", *SESSION_CLIENTS)
 
 
 # Sized to finish in about five minutes on two cores; one turn at a time is the
@@ -328,6 +338,8 @@ def _describe(report: Report) -> str:
     turns = report["turns"]
     pool = report["pool_cpu_s"]
     in_pool = "" if pool is None else f" ({pool / turns * 1000:.2f} ms in httpcore's pool)"
+    if "memory_cpu_s" in report:  # a session client: its in-memory turns too
+        in_pool = f" (in memory {report['memory_cpu_s'] / turns * 1000:.2f} ms)"
     return (
         f"{report['cpu_s'] / turns * 1000:.2f} ms CPU/turn{in_pool}, "
         f"{report['wall_s']:.1f} s wall, peak RSS {report['max_rss_kib'] / 1024:.1f} MiB"
@@ -586,13 +598,16 @@ def _append_rows(plan: Plan, directory: Path) -> tuple[list[Row], str]:
     note = (
         f'Session append: {plan.append_records} message records (fsync "never"), '
         f'{plan.append_synced_records} (fsync "turn"), median of '
-        f"{plan.append_repetitions}; trurn's `Journal.append` (one write in a worker thread "
-        "per append, shielded) and `Journal.sync`, against `json.dumps` + `write` + `flush` "
-        "(+ `os.fsync`) in the calling thread; both write byte-identical files. CPU per record "
-        "(all threads): "
+        f"{plan.append_repetitions}; trurn hands each append to the journal's background "
+        "writer thread (`Journal.enqueue` + `flush_nowait`, what `Context.flush` does inside "
+        "`async with`) and waits for the file once per 6 records (`Journal.sync`: written, "
+        'and fsynced under "turn", what a turn does at its end), against `json.dumps` + '
+        "`write` + `flush` (+ `os.fsync` per 6 records) in the calling thread; both write "
+        "byte-identical files. CPU per record (all threads): "
         + "; ".join(cpu)
         + f". One `trio.to_thread.run_sync` of a function that does nothing costs {hop:.0f} µs "
-        "of CPU here (median of 3 runs of 2,000): the floor under each append and each fsync."
+        "of CPU here (median of 3 runs of 2,000); a wait for the writer thread costs about as "
+        "much, once per 6 records."
     )
     return rows, note
 
@@ -639,43 +654,58 @@ def _session_turn_rows(plan: Plan, directory: Path) -> tuple[list[Row], str]:
     scenario = plan.session_scenario
     progress(f"session files: client CPU, {scenario.label}")
     results = measure_scenario(scenario, directory)
-    baseline, memory = _cpu_ms(results["baseline"]), _cpu_ms(results["trurn"])
-    synced, never = _cpu_ms(results["trurn-session"]), _cpu_ms(results["trurn-session-never"])
+
+    def per_turn_ms(client: str, key: str = "cpu_s") -> float:
+        return float(statistics.median(r[key] / r["turns"] * 1000 for r in results[client]))
+
+    def paired_ratio(client: str) -> float:
+        # Each process timed both sides: the median of its own ratios.
+        return float(statistics.median(r["cpu_s"] / r["memory_cpu_s"] for r in results[client]))
+
+    baseline = _cpu_ms(results["baseline"])
     label = f"Client CPU per turn, {scenario.label}, on a session file"
-    rows = [
-        Row(
-            f'{label} (fsync "turn") vs trurn in memory',
-            f"{memory:.2f} ms",
-            f"{synced:.2f} ms",
-            synced / memory,
-            SESSION_CPU_TARGET,
-        ),
-        Row(
-            f'{label} (fsync "never") vs trurn in memory',
-            f"{memory:.2f} ms",
-            f"{never:.2f} ms",
-            never / memory,
-        ),
+    rows = []
+    for client, policy in SESSION_CLIENTS.items():
+        rows.append(
+            Row(
+                f'{label} (fsync "{policy}") vs trurn in memory, same process',
+                f"{per_turn_ms(client, 'memory_cpu_s'):.2f} ms",
+                f"{per_turn_ms(client):.2f} ms",
+                paired_ratio(client),
+                SESSION_CPU_TARGET if policy == "turn" else None,
+            )
+        )
+    synced = per_turn_ms("trurn-session")
+    rows.append(
         Row(
             f'{label} (fsync "turn") vs the baseline',
             f"{baseline:.2f} ms",
             f"{synced:.2f} ms",
             synced / baseline,
-        ),
-    ]
-    sessions = scenario.concurrency * (scenario.rounds + scenario.warmup_rounds)
+        )
+    )
+    sessions = scenario.warmup_rounds + scenario.rounds
 
     def per_session_ms(key: str) -> float:
         reports = results["trurn-session"]
         return float(statistics.median(report[key] / sessions * 1000 for report in reports))
 
+    def writer_us(client: str) -> float:
+        return (per_turn_ms(client) - per_turn_ms(client, "main_thread_cpu_s")) * 1000
+
     note = (
-        f"Session files in the client benchmark: each turn runs on a new session file "
-        "(`Context(path)`), so the history and the requests are those of the in-memory "
-        "client and the figure is what the turn's writes cost: 9 records in 7 appends "
-        "(turn start with the user message, each reply, each tool result, turn end) and, "
-        'with fsync "turn", one fsync. The files are opened (created, locked, header '
-        "written) before the timed turns and closed after them; that costs "
+        "Session files in the client benchmark: each process plays the turn in pairs, once "
+        "on an in-memory `Context()` and once on a new session file (`Context(path)`, "
+        "opened with `async with`, so its background writer runs), each timed on its own, "
+        "in alternating order; the ratio is the median over processes of each process's "
+        "own ratio. The history and the requests are the same on both sides, so the "
+        "difference is what the turn's writes cost: 9 records handed over in 7 flushes, "
+        "written by the writer thread (a turn this short reaches its final sync before the "
+        "writer's timer, so all at once), and one sync the turn waits for, with one fsync "
+        f'under fsync "turn". CPU of the writer threads per turn: {writer_us("trurn-session"):.0f} '
+        f'µs (fsync "turn"), {writer_us("trurn-session-never"):.0f} µs (fsync "never"). '
+        "The files are opened (created, locked, header written and synced, writer started) "
+        "before the timed turns and closed after them; that costs "
         f"{per_session_ms('session_open_cpu_s'):.2f} ms CPU per session to open and "
         f"{per_session_ms('session_close_cpu_s'):.2f} ms to close, outside the figures. "
         f"Median of {scenario.repetitions} processes per client, in alternating order."
@@ -781,6 +811,14 @@ def main() -> int:
             more_rows, more_notes = section(plan)
             rows += more_rows
             notes += more_notes
+        more_rows, more_notes = _agents.agent_rows(
+            serving,
+            progress,
+            agents=100 if args.quick else 1_000,
+            repetitions=1 if args.quick else 3,
+        )
+        rows += more_rows
+        notes += more_notes
         with tempfile.TemporaryDirectory(prefix=".trurn-bench-", dir=session_base) as directory:
             more_rows, more_notes = session_rows(plan, Path(directory))
             rows += more_rows

@@ -61,11 +61,17 @@ class Turn(msgspec.Struct):
 
 
 def comparable(turn: Turn) -> tuple[trurn.TurnResult, list[events.Event]]:
-    """The turn without its random turn id."""
+    """The turn without its random turn ids."""
     return (
         msgspec.structs.replace(turn.result, turn_id=""),
-        [msgspec.structs.replace(event, turn_id="") for event in turn.events],
+        [without_turn_ids(event) for event in turn.events],
     )
+
+
+def without_turn_ids(event: events.Event) -> events.Event:
+    if isinstance(event, events.TurnStarted):
+        return msgspec.structs.replace(event, turn_id="", root_turn_id="", chain=[])
+    return msgspec.structs.replace(event, turn_id="")
 
 
 async def run(

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,8 +21,8 @@ from fakes import HANG, FakeProvider, text_reply, tool_reply
 import trurn
 from trurn import events
 from trurn._chunks import TextDelta
-from trurn._context import SessionRecoveryWarning
-from trurn._journal import open_journal, read_journal
+from trurn._context import SessionRecoveryWarning, unanswered_tool_calls
+from trurn._journal import LINGER, FileOps, open_journal, read_journal
 from trurn._messages import AssistantMessage, Message, ToolCall, ToolMessage, UserMessage
 from trurn._records import Header, MessageRecord, TurnEnd, TurnStart
 
@@ -292,3 +300,259 @@ async def test_create_false_refuses_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         await trurn.Context(tmp_path / "gone.jsonl", create=False).restore()
     assert not (tmp_path / "gone.jsonl").exists()
+
+
+# --- the background writer ----------------------------------------------------------------
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Wait (real time, at most 5 s) for what the writer thread does in the background."""
+    with trio.fail_after(5):
+        while not done():  # noqa: ASYNC110 (a thread's progress, no Event to wait on)
+            await trio.sleep(LINGER / 4)
+
+
+def writer_threads() -> int:
+    """How many threads are running a journal's background writer loop right now."""
+    count = 0
+    for frame in sys._current_frames().values():
+        current = frame
+        while current is not None:
+            if current.f_code.co_name == "_serve_sync":
+                count += 1
+                break
+            current = current.f_back
+    return count
+
+
+def contents_now(path: Path) -> list[str]:
+    """The message contents in the file right now (a torn last line is left out)."""
+    records = trurn._journal.parse_journal(path.read_bytes(), path).records
+    return [str(r.message.content) for r in records if isinstance(r, MessageRecord)]
+
+
+class Gate:
+    """File writes that wait, in their worker thread, until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.writes = 0
+
+    def write(self, fd: int, data: bytes) -> int:
+        self.writes += 1
+        assert self.open.wait(10)
+        return os.write(fd, data)
+
+
+async def test_inside_async_with_a_flush_hands_over_and_sync_waits(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await trurn.Context(path).restore()).aclose()  # the header, written ungated
+    gate = Gate()
+    async with trurn.Context(path, _file_ops=FileOps(write=gate.write)) as context:
+        context.append(UserMessage("a"))
+        with trio.testing.assert_no_checkpoints():
+            await context.flush()  # returns while the write waits at the gate
+        assert contents_now(path) == []
+        gate.open.set()
+        # The writer gets it into the file without anyone waiting for it.
+        await until(lambda: contents_now(path) == ["a"])
+        assert writer_threads() == 1
+        context.append(UserMessage("b"))
+        await context.flush()
+        context.append(UserMessage("c"))
+        await context.sync()
+        assert contents_now(path) == ["a", "b", "c"]
+    assert writer_threads() == 0  # closing stopped it; nothing runs on
+    assert not context.is_open
+
+
+async def test_a_bare_restore_writes_at_each_flush_without_a_thread(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    context = await trurn.Context(path).restore()
+    try:
+        context.append(UserMessage("a"))
+        await context.flush()
+        assert contents_now(path) == ["a"]  # written before flush returned
+        assert writer_threads() == 0
+        # The same context can then be used with async with (what SessionStore gives).
+        async with context:
+            await trurn.Agent(FakeProvider([text_reply("one")])).run_turn(context, "b")
+            assert writer_threads() == 1
+        assert contents_now(path) == ["a", "b", "one"]
+    finally:
+        await context.aclose()
+    assert writer_threads() == 0
+
+
+async def keep_then_fail(path: Path) -> None:
+    async with trurn.Context(path) as context:
+        context.append(UserMessage("kept"))
+        raise KeyError("mine")
+
+
+async def enter_twice(path: Path) -> None:
+    async with trurn.Context(path) as context, context:
+        pass
+
+
+async def test_errors_and_cancels_leave_async_with_unwrapped(tmp_path: Path) -> None:
+    # The writer's nursery must not turn the block's own exception into a group.
+    with pytest.raises(KeyError, match="mine"):
+        await keep_then_fail(tmp_path / "a.jsonl")
+    assert contents_now(tmp_path / "a.jsonl") == ["kept"]
+    with trio.CancelScope() as scope:
+        async with trurn.Context(tmp_path / "b.jsonl") as context:
+            context.append(UserMessage("kept"))
+            await context.flush()
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert contents_now(tmp_path / "b.jsonl") == ["kept"]
+    assert writer_threads() == 0
+    with pytest.raises(RuntimeError, match="already"):
+        await enter_twice(tmp_path / "c.jsonl")
+
+
+class Disk:
+    """Writes that go to the OS until ``full``; then a short write and ENOSPC."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.refused = 0
+
+    def write(self, fd: int, data: bytes) -> int:
+        if not self.full:
+            return os.write(fd, data)
+        self.refused += 1
+        if len(data) > 40 and self.refused == 1:
+            return os.write(fd, data[:20])  # part of a line, which must be cut back
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_a_disk_that_fills_up_mid_turn_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    disk = Disk()
+
+    @trurn.tool
+    async def fill_the_disk() -> str:
+        """Fills the disk."""
+        disk.full = True
+        return "filled"
+
+    def provider(tool: str) -> FakeProvider:
+        return FakeProvider([tool_reply(("c1", tool, "{}")), text_reply("after the tool")])
+
+    tools = [fill_the_disk, get_weather]
+    async with trurn.Context(path, _file_ops=FileOps(write=disk.write)) as context:
+        agent = trurn.Agent(provider("get_weather"), tools=tools)
+        done = await agent.run_turn(context, "first")  # acknowledged: synced at its end
+        assert done.stop_reason == "completed"
+        acknowledged = contents_now(path)
+        assert len(acknowledged) == 4
+
+        agent = trurn.Agent(provider("fill_the_disk"), tools=tools)
+        with pytest.raises(trurn.SessionWriteError, match="No space left on device"):
+            await agent.run_turn(context, "second")
+        assert disk.refused >= 1
+        # The file is valid (the short write was cut back) and holds every acknowledged
+        # record; what the full disk refused is kept in memory, queued.
+        in_file = await read_journal(path)
+        assert in_file.torn_tail is None
+        assert contents_now(path)[:4] == acknowledged
+        assert_valid(context.messages)  # the aborted turn closed what it left open
+
+        disk.full = False  # room again: the queued records go out, in order
+        await context.sync()
+        assert contents_now(path) == [str(m.content) for m in context.messages]
+    records = (await read_journal(path)).records
+    ends = [r for r in records if isinstance(r, TurnEnd)]
+    assert len(ends) == 2  # each turn ended once in the file
+    messages = await reload(path)
+    assert_valid(messages)
+    assert [str(m.content) for m in messages][:5] == [*acknowledged, "second"]
+
+
+# --- a process killed while it writes ------------------------------------------------------
+
+_CHILD = """
+import sys
+import trio
+sys.path.insert(0, sys.argv[2])
+from fakes import FakeProvider, text_reply, tool_reply
+import trurn
+
+@trurn.tool
+async def lookup(key: str) -> str:
+    \"\"\"Look a key up.\"\"\"
+    await trio.sleep(0.03)  # longer than LINGER: the turn's first records are written
+    return "the value of " + key * 40
+
+async def main(path):
+    async with trurn.Context(path) as context:
+        for turn in range(1, 10_000):
+            calls = [(f"c{turn}{k}", "lookup", '{"key": "%s"}' % k) for k in "ab"]
+            provider = FakeProvider([tool_reply(*calls), text_reply(f"answer {turn}")])
+            agent = trurn.Agent(provider, tools=[lookup])
+            await agent.run_turn(context, f"question {turn}")
+            print(turn, flush=True)  # acknowledged: run_turn returned after the sync
+
+trio.run(main, sys.argv[1])
+"""
+
+
+async def run_and_kill(path: Path, acks: int, delay: float) -> int:
+    """Run turns in a child process; SIGKILL it ``delay`` s after its ``acks``-th
+    acknowledged turn; the number of turns it acknowledged."""
+    command = [sys.executable, "-c", _CHILD, str(path), str(Path(__file__).parent)]
+    seen = 0
+    async with trio.open_nursery() as nursery:
+        run = functools.partial(trio.run_process, command, stdout=subprocess.PIPE, check=False)
+        process = await nursery.start(run)
+        assert process.stdout is not None
+        buffer = b""
+        while seen < acks:
+            data = await process.stdout.receive_some()
+            assert data, "the child ended before it was killed"
+            buffer += data
+            seen = buffer.count(b"\n")
+        await trio.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        # Acknowledgments printed before the kill count too.
+        while data := await process.stdout.receive_some():
+            buffer += data
+    assert process.returncode == -signal.SIGKILL
+    return buffer.count(b"\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+async def test_a_process_killed_mid_append_loses_no_acknowledged_turn(tmp_path: Path) -> None:
+    # A turn takes about 35 ms, 30 of them in its tools: kills land before, during
+    # and after the tool calls of the turn after the last acknowledged one.
+    moments = [(1, 0.0), (1, 0.015), (2, 0.033), (1, 0.05)]
+    acknowledged: dict[int, int] = {}
+
+    async def one(number: int, acks: int, delay: float) -> None:
+        acknowledged[number] = await run_and_kill(tmp_path / f"k{number}.jsonl", acks, delay)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:  # the children run side by side
+            for number, (acks, delay) in enumerate(moments):
+                nursery.start_soon(one, number, acks, delay)
+    for number, turns in acknowledged.items():
+        path = tmp_path / f"k{number}.jsonl"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SessionRecoveryWarning)  # a torn line is fine
+            async with trurn.Context(path) as context:
+                messages = list(context.messages)
+        assert unanswered_tool_calls(messages) == []
+        assert_valid(messages)
+        texts = [m.content for m in messages]
+        for turn in range(1, turns + 1):  # every acknowledged turn, whole and in order
+            start = texts.index(f"question {turn}")
+            assert texts[start + 2 : start + 5] == [
+                "the value of " + "a" * 40,
+                "the value of " + "b" * 40,
+                f"answer {turn}",
+            ], (number, turn)
+        ends = [r for r in (await read_journal(path)).records if isinstance(r, TurnEnd)]
+        assert [e.stop_reason for e in ends[:turns]] == ["completed"] * turns

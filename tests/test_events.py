@@ -13,7 +13,9 @@ from trurn._messages import AssistantMessage, ToolCall, Usage
 CALL = ToolCall(id="call_1", name="get_weather", arguments={"city": "Oslo"}, arguments_raw="{}")
 
 SAMPLES: list[events.BaseEvent] = [
-    events.TurnStarted(input="hi", parent_turn_id="turn_parent"),
+    events.TurnStarted(
+        input="hi", parent_turn_id="turn_parent", root_turn_id="turn_root", depth=2, chain=["a"]
+    ),
     events.MessageSent(step=1, model="m"),
     events.AssistantDelta(text="He"),
     events.AssistantReasoningDelta(text="hmm"),
@@ -29,6 +31,13 @@ SAMPLES: list[events.BaseEvent] = [
     events.RunAborted(reason="cancelled"),
     events.Error(message="boom", error_type="ValueError", tool_call_id="call_1"),
     events.EventsDropped(count=3),
+    events.ApprovalAnswered(
+        request_id="r1", tool_call_id="call_1", approved=False, by="respond", reason="no"
+    ),
+    events.ChoiceAnswered(request_id="r2", tool_call_id="call_1", choice="a", by="chooser"),
+    events.CompactionStarted(reason="overflow", estimated_tokens=120_000),
+    events.Compacted(summary="earlier", first_kept=4, summarised=4),
+    events.UserInjected(text="also check Bergen"),
     events.TurnFinished(stop_reason="completed", usage=Usage(input_tokens=1), text="Hi"),
 ]
 

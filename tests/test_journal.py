@@ -7,16 +7,19 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 import trurn
 from trurn import events
 from trurn._journal import (
+    LINGER,
     FileOps,
     Journal,
     SessionCorruptError,
@@ -365,6 +368,120 @@ async def test_cancel_while_waiting_for_another_append_writes_nothing(tmp_path: 
     assert (await read_journal(path)).records == [HEADER, msg("first")]
 
 
+# -- the background writer ---------------------------------------------------------------------
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Wait (real time, at most 5 s) for what the writer thread does in the background."""
+    with trio.fail_after(5):
+        while not done():  # noqa: ASYNC110 (a thread's progress, no Event to wait on)
+            await trio.sleep(LINGER / 4)
+
+
+@asynccontextmanager
+async def writing_behind(journal: Journal) -> AsyncIterator[Journal]:
+    """The journal with its background writer running; closed (which stops it) at the end."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.serve_writer)
+        try:
+            assert journal.writing_behind
+            yield journal
+        finally:
+            await journal.aclose()
+    assert not journal.writing_behind
+
+
+async def test_flush_nowait_needs_a_background_writer(tmp_path: Path) -> None:
+    async with await new_journal(tmp_path / "s.jsonl") as journal:
+        journal.enqueue([msg("a")])
+        with pytest.raises(RuntimeError, match="no background writer"):
+            journal.flush_nowait()
+        await journal.flush()  # the caller-side way
+        assert journal.unwritten == 0
+    assert (await read_journal(tmp_path / "s.jsonl")).records == [HEADER, msg("a")]
+
+
+@pytest.mark.parametrize(("policy", "fsyncs"), [("turn", 1), ("record", 2), ("never", 0)])
+async def test_the_writer_writes_in_the_background_and_syncs_per_policy(
+    tmp_path: Path, policy: str, fsyncs: int
+) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await new_journal(path)).aclose()
+    counter = CountingOps()
+    journal = await open_journal(path, fsync=policy, file_ops=counter.ops())  # type: ignore[arg-type]
+    async with writing_behind(journal):
+        journal.enqueue([msg("a")])
+        with trio.testing.assert_no_checkpoints():
+            journal.flush_nowait()
+        # Written within LINGER, nobody waiting for it.
+        await until(lambda: journal.unwritten == 0)
+        assert (await read_journal(path)).records == [HEADER, msg("a")]
+        journal.enqueue([msg("b")])
+        journal.flush_nowait()
+        journal.enqueue([msg("c")])
+        await journal.sync()  # b and c go out together, before sync returns
+        assert journal.unwritten == 0
+        assert (await read_journal(path)).records == [HEADER, msg("a"), msg("b"), msg("c")]
+        assert counter.fsyncs == fsyncs
+    assert counter.fsyncs == fsyncs  # nothing was left to sync on close
+
+
+async def test_a_failed_background_write_is_reported_by_the_next_flush_and_retried(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await new_journal(path)).aclose()
+    before = data_of(path)
+    disk = ShortThenFull()
+    journal = await open_journal(path, file_ops=FileOps(write=disk.write))
+    async with writing_behind(journal):
+        journal.enqueue([msg("a" * 100)])
+        journal.flush_nowait()
+        await until(lambda: journal._failure is not None)
+        assert data_of(path) == before  # the short write was cut back
+        journal.enqueue([msg("b")])
+        with pytest.raises(SessionWriteError, match="No space left on device"):
+            journal.flush_nowait()
+        journal.flush_nowait()  # reported once
+        with pytest.raises(SessionWriteError, match="No space left on device"):
+            await journal.sync()  # tries again, and says so
+        assert journal.unwritten > 0
+        disk.freed = True
+        await journal.sync()  # everything kept goes out, in order
+        assert (await read_journal(path)).records == [HEADER, msg("a" * 100), msg("b")]
+
+
+async def test_a_sync_waits_even_when_cancelled_and_close_stops_the_thread(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await new_journal(path)).aclose()
+    gate = GatedWrite()
+    journal = await open_journal(path, file_ops=FileOps(write=gate.write))
+    async with writing_behind(journal), trio.open_nursery() as nursery:
+        journal.enqueue([msg("a")])
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await journal.sync()  # a cancel before the wait: nothing waited for
+        journal.enqueue([msg("b")])
+
+        async def cancel_when_writing() -> None:
+            await trio.to_thread.run_sync(gate.started.wait)
+            scope.cancel()
+            await trio.sleep(0.01)
+            gate.release.set()
+
+        nursery.start_soon(cancel_when_writing)
+        with trio.CancelScope() as scope:
+            await journal.sync()
+            returned = True
+        assert returned  # the wait is shielded: it ran to its end
+        assert (await read_journal(path)).records == [HEADER, msg("a"), msg("b")]
+    with pytest.raises(trio.ClosedResourceError):
+        journal.enqueue([msg("c")])
+
+
 # -- torn and corrupt files --------------------------------------------------------------------
 
 TORN = b'{"kind":"message","seq":3,"ts":2.0,"message":{"role":"user","content":"hal'
@@ -608,8 +725,13 @@ async def test_a_failed_write_raises_and_leaves_the_file_valid(tmp_path: Path, e
     assert isinstance(info.value.__cause__, OSError)
     assert info.value.__cause__.errno == error
     assert data_of(path) == before
-    await journal.aclose()
+    assert journal.unwritten > 0  # kept for the next attempt
+    # Closing tries once more, fails the same way, and still closes and unlocks.
+    with pytest.raises(SessionWriteError, match=os.strerror(error)):
+        await journal.aclose()
+    assert journal.closed
     assert (await read_journal(path)).records == [HEADER]
+    await (await open_journal(path)).aclose()
 
 
 class ShortThenFull:
@@ -636,10 +758,11 @@ async def test_a_short_write_then_a_full_disk_is_cut_back(tmp_path: Path) -> Non
             await journal.append([msg("a" * 100), msg("b" * 100)])
         assert data_of(path) == before
         assert journal.offset == len(before)
-        # The journal stays usable once there is room again.
+        # Once there is room again the kept batch goes out first, whole, then the new one.
         disk.freed = True
         await journal.append([msg("c")])
-    assert (await read_journal(path)).records == [HEADER, msg("c")]
+        assert journal.unwritten == 0
+    assert (await read_journal(path)).records == [HEADER, msg("a" * 100), msg("b" * 100), msg("c")]
 
 
 async def test_a_failed_cut_back_stops_the_journal_until_reopened(tmp_path: Path) -> None:
@@ -657,6 +780,9 @@ async def test_a_failed_cut_back_stops_the_journal_until_reopened(tmp_path: Path
         disk.freed = True
         with pytest.raises(SessionWriteError, match="refusing to append"):
             await journal.append([msg("b")])
+        # Closing says that the queued record was never written.
+        with pytest.raises(SessionWriteError, match="refusing to append"):
+            await journal.aclose()
     contents = await read_journal(path)
     assert contents.records == [HEADER]
     assert contents.torn_tail is not None

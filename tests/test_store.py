@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -186,7 +187,7 @@ def test_the_root_comes_from_the_argument_then_trurn_home_then_home(tmp_path: Pa
     assert SessionStore(env=env, meta_dirname=".agent").root == trurn_home / "global_sessions"
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b"])
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "a\x00b"])
 def test_a_meta_dirname_must_be_one_directory_name(name: str) -> None:
     with pytest.raises(ValueError, match="meta_dirname"):
         SessionStore(meta_dirname=name, env={})
@@ -213,7 +214,11 @@ async def test_trurn_home_places_sessions(tmp_path: Path) -> None:
 
 # -- ids -----------------------------------------------------------------------------------
 
-BAD_IDS = ["../x", "a/b", "..", ".", "x" * 300, "", "a\\b", "a b", "x\n"]
+# The last four: NUL, and unicode lookalikes of "/" and ".." and an invisible character.
+BAD_IDS = [
+    *["../x", "a/b", "..", ".", "x" * 300, "", "a\\b", "a b", "x\n"],
+    *["a\x00b", "a\u2215b", "\uff0e\uff0e", "abc\u200b"],
+]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
@@ -255,6 +260,25 @@ async def test_the_same_id_on_the_same_day_never_shares_a_file(tmp_path: Path) -
         await store.create(None, "dup")
     assert path.read_bytes() == before
     assert files_under(tmp_path / "root") == ["20250314/dup.jsonl"]
+
+
+async def test_without_hard_links_a_new_file_is_still_whole_and_never_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FAT and some network file systems refuse link(); the store reserves the name instead.
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_link)
+    store = make_store(tmp_path)
+    path = await write_session(store, work(tmp_path), "s", [UserMessage("hi")])
+    with pytest.raises(SessionExistsError, match="already exists today"):
+        await store.create(None, "s")
+    contents = await read_journal(path)
+    assert [r.message for r in contents.records if isinstance(r, MessageRecord)] == [
+        UserMessage("hi")
+    ]
+    assert files_under(tmp_path / "root") == ["20250314/s.jsonl"]  # no temporary file left
 
 
 async def test_an_id_linked_in_the_work_dir_is_refused_on_another_day(tmp_path: Path) -> None:
@@ -516,7 +540,7 @@ async def test_fork_reads_a_session_that_is_open_for_writing(tmp_path: Path) -> 
     store = make_store(tmp_path)
     async with await store.create(session_id="live") as live:
         live.extend(conversation("y"))
-        await live.flush()
+        await live.sync()
         async with await store.fork("live", new_session_id="copy") as ctx:
             assert list(ctx.messages) == conversation("y")
 
@@ -866,7 +890,8 @@ async def test_delete_refuses_another_sessions_file_or_a_wrong_header(tmp_path: 
     impostor = other.parent / "x.jsonl"
     impostor.write_bytes(other.read_bytes())
     plant_link(project, "x", impostor)
-    with pytest.raises(SessionError, match=r"not the header of session 'x'; nothing was removed"):
+    pattern = r"x\.jsonl is the header of session 'other', not .* 'x'.*nothing was changed"
+    with pytest.raises(SessionError, match=pattern):
         await store.delete("x", work_dir=project)
     impostor.write_bytes(b"plain text, no header\n")
     with pytest.raises(SessionError, match="not the header of session 'x'"):

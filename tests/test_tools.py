@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from trurn import events
+from trurn._approvals import Precheck
 from trurn._errors import ToolArgumentsError, ToolError
 from trurn._messages import ToolCall
 from trurn._tools import (
@@ -757,3 +758,161 @@ async def test_blocked_sync_tool_is_abandoned_on_cancel(
     release.set()
     assert await trio.to_thread.run_sync(finished.wait, 10)
     assert started.is_set()
+
+
+# --- previews, prechecks, choices and timeouts at the call level ----------------------------
+
+
+async def test_preview_goes_into_the_tool_call_event() -> None:
+    @tool(preview=lambda city, days=1: f"weather for {city}, {days} days")
+    async def forecast(city: str, days: int = 3) -> str:
+        return "sunny"
+
+    result, recorder = await run([forecast], "forecast", {"city": "Oslo"})
+    assert result.content == "sunny"
+    started = recorder.events[0]
+    assert isinstance(started, events.ToolCallStarted)
+    # The preview gets the validated arguments, defaults filled in.
+    assert started.preview == "weather for Oslo, 3 days"
+
+
+@pytest.mark.parametrize(
+    ("preview", "content", "error_type"),
+    [
+        (lambda: 1 / 0, "ZeroDivisionError: division by zero", "ZeroDivisionError"),
+        (lambda: 42, "TypeError: preview returned a int, not a str", "TypeError"),
+        (lambda: _raise(ToolError("cannot describe it")), "cannot describe it", "ToolError"),
+    ],
+)
+async def test_a_failing_preview_fails_the_call_without_running_it(
+    preview: Any, content: str, error_type: str
+) -> None:
+    ran: list[bool] = []
+
+    @tool(preview=preview)
+    async def act() -> str:
+        ran.append(True)
+        return "done"
+
+    result, recorder = await run([act], "act")
+    assert (result.status, result.content) == ("error", content)
+    assert ran == []
+    assert recorder.types == ["tool_call", "error", "tool_exit"]
+    started, error = recorder.events[:2]
+    assert isinstance(started, events.ToolCallStarted)
+    assert started.preview is None
+    assert isinstance(error, events.Error)
+    assert error.error_type == error_type
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
+
+
+async def test_preview_with_bad_arguments_is_a_validation_error() -> None:
+    @tool(preview=lambda n: f"{n} times")
+    async def repeat(n: int) -> str:
+        return "x" * n
+
+    result, recorder = await run([repeat], "repeat", {"n": "three"})
+    assert result.content.startswith("Invalid arguments for tool 'repeat': Expected `int`")
+    assert recorder.types == ["tool_call", "error", "tool_exit"]
+
+
+async def test_precheck_results_at_the_call_level() -> None:
+    class Guarded(BaseTool):
+        name = "guarded"
+        verdict: Any = None
+
+        async def precheck(self, arguments: dict[str, Any]) -> Precheck | None:
+            if isinstance(self.verdict, Exception):
+                raise self.verdict
+            return self.verdict  # type: ignore[no-any-return]
+
+        async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
+            return "ran"
+
+    guarded = Guarded()
+    guarded.verdict = Precheck(status="deny")
+    result, recorder = await run([guarded], "guarded")
+    assert (result.status, result.content) == ("denied", "Tool 'guarded' refused this call.")
+    assert recorder.types == ["tool_call", "tool_exit"]
+
+    guarded.verdict = "deny"
+    result, _ = await run([guarded], "guarded")
+    assert (result.status, result.content) == (
+        "error",
+        "TypeError: precheck returned a str, not a Precheck",
+    )
+
+    guarded.verdict = ToolError("the disk is full")
+    result, _ = await run([guarded], "guarded")
+    assert (result.status, result.content) == ("error", "the disk is full")
+
+    guarded.verdict = Precheck(status="allow", message="fine")
+    result, _ = await run([guarded], "guarded")
+    assert (result.status, result.content) == ("ok", "ran")
+
+    # Without an agent nobody can be asked: "ask" fails closed.
+    guarded.verdict = Precheck(status="ask")
+    result, recorder = await run([guarded], "guarded")
+    assert (result.status, result.content) == (
+        "denied",
+        "Not run: tool 'guarded' asks for approval and nobody can give it.",
+    )
+    assert recorder.types == ["tool_call", "tool_exit"]
+
+
+def test_preview_and_precheck_must_be_callables() -> None:
+    with pytest.raises(TypeError, match="tool 'f': preview must be a function, not 'text'"):
+
+        @tool(preview="text")  # type: ignore[arg-type]
+        async def f() -> None: ...
+
+    with pytest.raises(TypeError, match="tool 'g': precheck must be a function"):
+
+        @tool(precheck=Precheck(status="allow"))  # type: ignore[arg-type]
+        async def g() -> None: ...
+
+
+def test_tool_map_checks_a_timeout_set_late() -> None:
+    late = Echo()
+    late.timeout = -3
+    with pytest.raises(ValueError, match="tool 'echo': timeout must be more than 0 seconds"):
+        tool_map([late])
+
+
+async def test_choose_needs_an_agent_and_a_running_call() -> None:
+    kept: list[ToolContext] = []
+
+    @tool
+    async def ask(ctx: ToolContext) -> str:
+        kept.append(ctx)
+        return await ctx.choose("?", ["a", "b"])
+
+    result, _ = await run([ask], "ask")
+    assert result.status == "error"
+    assert "run without an agent, so nobody can answer a choice" in result.content
+    with pytest.raises(RuntimeError, match=r"has ended; ToolContext.choose can only be used"):
+        await kept[0].choose("?", ["a"])
+
+
+async def test_run_tool_call_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    @tool
+    async def nap(seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "rested"
+
+    recorder = Recorder()
+    call = make_call("nap", {"seconds": 10})
+    result = await run_tool_call(call, tool_map([nap]), recorder, tool_timeout=2.5)
+    assert (result.status, result.content) == (
+        "timeout",
+        "Timed out: tool 'nap' did not finish within 2.5 seconds.",
+    )
+    assert trio.current_time() == 2.5
+    assert recorder.types == ["tool_call", "error", "tool_exit"]
+
+    call = make_call("nap", {"seconds": 1})
+    result = await run_tool_call(call, tool_map([nap]), Recorder(), tool_timeout=2.5)
+    assert result.status == "ok"

@@ -149,7 +149,7 @@ async def test_parallel_tool_calls_run_concurrently_up_to_the_cap(
 async def test_max_iterations_stops_a_model_that_keeps_calling_tools(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    replies = [tool_reply((f"c{i}", "get_weather", '{"city": "X"}')) for i in range(3)]
+    replies = [tool_reply((f"c{i}", "get_weather", f'{{"city": "X{i}"}}')) for i in range(3)]
     provider = FakeProvider(replies)
     context = trurn.Context()
     result = await trurn.Agent(provider, tools=[get_weather], max_steps=3).run_turn(context, "x")

@@ -25,11 +25,15 @@ import trio
 
 from ._messages import AssistantMessage, Message, SystemMessage, ToolMessage, Usage, UserMessage
 from ._records import Compaction
+from ._stream import StreamState, assemble, reduce_stream
+from .providers import Provider, Request
 
 __all__ = [
     "DEFAULT_KEEP_RECENT",
     "CompactionPlan",
     "CompactionPolicy",
+    "Compactor",
+    "ModelSummary",
     "TruncationPolicy",
     "estimate_tokens",
     "message_chars",
@@ -348,3 +352,114 @@ class TruncationPolicy:
         """:func:`truncation_note` of ``plan``; a checkpoint, nothing else."""
         await trio.lowlevel.checkpoint()
         return truncation_note(plan)
+
+
+# ---------------------------------------------------------------------------
+# Summarising with a model
+
+
+class ModelSummary:
+    """Asks a model for the summary (see :func:`summary_request`).
+
+    ``provider`` defaults to the agent's own (the :class:`Compactor` fills it in),
+    ``model`` to the provider's default; ``max_tokens`` bounds the summary. The request
+    has no tools. Cancelling :meth:`summarise` closes the stream and leaves nothing
+    behind. A provider error propagates.
+    """
+
+    def __init__(
+        self,
+        provider: Provider | None = None,
+        *,
+        model: str | None = None,
+        max_tokens: int | None = 2048,
+        max_chars_per_message: int = 4000,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.max_tokens = max_tokens
+        self.max_chars_per_message = max_chars_per_message
+
+    async def summarise(self, plan: CompactionPlan) -> str:
+        """The model's summary of ``plan``; raises ``ValueError`` if it came back empty."""
+        if self.provider is None:
+            raise RuntimeError("ModelSummary has no provider: pass one, or use it in an Agent")
+        request = Request(
+            messages=summary_request(plan, max_chars_per_message=self.max_chars_per_message),
+            model=self.model,
+            max_tokens=self.max_tokens,
+        )
+        state = StreamState()
+        async with self.provider.stream(request) as batches:
+            async for batch in batches:
+                for chunk in batch:
+                    state = reduce_stream(state, chunk).state
+        text = (assemble(state).content or "").strip()
+        if not text:
+            raise ValueError("the model returned an empty summary")
+        return text
+
+
+class Compactor:
+    """When and how an agent compacts its history (``Agent(compaction=...)``).
+
+    Before each model call the next request is estimated (:func:`estimate_tokens`, from
+    the newest usage the provider reported plus the characters added since); over
+    ``threshold`` tokens, the older part of the history is summarised by ``policy``
+    and replaced, in what is sent, by that summary. A request the provider rejects as
+    too long (:class:`~trurn.ContextOverflowError`) is compacted and sent once more,
+    threshold or not. ``threshold=None`` compacts only on that error.
+
+    ``policy`` is any :class:`CompactionPolicy`: :class:`ModelSummary` (the default,
+    on the agent's provider) or :class:`TruncationPolicy` (no model call), or your own.
+    ``keep_recent`` is the number of messages always sent verbatim (besides the
+    latest user message and what follows it).
+    """
+
+    def __init__(
+        self,
+        threshold: int | None = None,
+        *,
+        policy: CompactionPolicy | None = None,
+        keep_recent: int = DEFAULT_KEEP_RECENT,
+        chars_per_token: float = 4.0,
+    ) -> None:
+        if threshold is not None and threshold < 1:
+            raise ValueError(f"threshold must be a positive number of tokens, got {threshold!r}")
+        if keep_recent < 0:
+            raise ValueError(f"keep_recent must be >= 0, got {keep_recent!r}")
+        if chars_per_token <= 0:
+            raise ValueError(f"chars_per_token must be positive, got {chars_per_token!r}")
+        self.threshold = threshold
+        self.policy = policy
+        self.keep_recent = keep_recent
+        self.chars_per_token = chars_per_token
+
+    def bound_to(self, provider: Provider) -> Compactor:
+        """This compactor with a :class:`ModelSummary` on ``provider`` if it has no policy
+        (or a ModelSummary without a provider)."""
+        policy = self.policy
+        if policy is None:
+            policy = ModelSummary(provider)
+        elif isinstance(policy, ModelSummary) and policy.provider is None:
+            policy = ModelSummary(
+                provider,
+                model=policy.model,
+                max_tokens=policy.max_tokens,
+                max_chars_per_message=policy.max_chars_per_message,
+            )
+        else:
+            return self
+        return Compactor(
+            self.threshold,
+            policy=policy,
+            keep_recent=self.keep_recent,
+            chars_per_token=self.chars_per_token,
+        )
+
+    def over_threshold(self, estimated_tokens: int) -> bool:
+        """Whether a request of ``estimated_tokens`` calls for a compaction first."""
+        return self.threshold is not None and estimated_tokens > self.threshold
+
+    def __repr__(self) -> str:
+        return f"<trurn.Compactor threshold={self.threshold} policy={self.policy!r}>"

@@ -2,24 +2,51 @@
 
 ``Context()`` keeps the history in memory. ``Context(path)`` binds it to a JSONL
 session file: :meth:`Context.restore` loads (and repairs) what the file holds and
-takes its writer lock; from then on every message the turn adds is queued as a record
-and written by :meth:`Context.flush` as whole lines, in one shielded write.
+takes its writer lock; from then on every message the turn adds is queued as a record,
+handed to the file by :meth:`Context.flush` and written as whole lines. Inside
+``async with`` a background writer (one worker thread per open session) writes them
+without the turn waiting; :meth:`Context.sync`, at the end of each turn, is where the
+turn waits until they are in the file.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 
 import trio
 
-from ._errors import SessionIdError
-from ._journal import FsyncPolicy, Journal, open_journal, validate_session_id
+from ._compaction import prompt_messages
+from ._errors import SessionError, SessionIdError
+from ._journal import (
+    OS_FILE_OPS,
+    FileOps,
+    FsyncPolicy,
+    Journal,
+    open_journal,
+    validate_session_id,
+)
+from ._lineage import TurnLineage
 from ._messages import AssistantMessage, Message, ToolCall, ToolMessage, ToolStatus, Usage
-from ._records import Header, MessageRecord, Record, TurnEnd, TurnStart
+from ._records import (
+    Compaction,
+    EventRecord,
+    Header,
+    MessageRecord,
+    Record,
+    TurnEnd,
+    TurnStart,
+    check_message,
+)
+from .events import Event
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "Context",
@@ -47,6 +74,14 @@ class Context:
     ``session_id`` defaults to the file name without its extension. ``create=False``
     makes :meth:`restore` refuse a missing file (``FileNotFoundError``) instead of
     starting a new session there.
+
+    ``async with Context(path) as context:`` (or ``async with`` a context that
+    :class:`~trurn.SessionStore` restored) also runs a background writer for the
+    block: flushes then cost no wait and no checkpoint, and each turn waits once, at
+    its end. The block's body runs inside the writer's nursery. After a bare
+    ``await context.restore()`` there is no writer, and every flush writes in a worker
+    thread of its own and waits for it: the same file, at a higher cost per turn.
+    ``_file_ops`` replaces the OS calls that write the file (tests: a full disk).
     """
 
     def __init__(
@@ -58,6 +93,7 @@ class Context:
         messages: Iterable[Message] = (),
         fsync: FsyncPolicy = "turn",
         create: bool = True,
+        _file_ops: FileOps = OS_FILE_OPS,
     ) -> None:
         self.path = None if path is None else Path(path)
         self.work_dir = None if work_dir is None else Path(work_dir)
@@ -75,8 +111,12 @@ class Context:
         self._create = create
         self._closed = False
         self._messages: list[Message] = list(messages)
+        self._file_ops = _file_ops
         self._journal: Journal | None = None
-        # Records not written yet: the file lags memory by exactly these.
+        # The nursery of the background writer, from __aenter__ to __aexit__.
+        self._writer: AbstractAsyncContextManager[trio.Nursery] | None = None
+        # Records not handed to the journal yet (flush does), which queues them until
+        # they are written: the file lags memory by these and the journal's queue.
         self._pending: list[Record] = []
         self._busy = False
         self._open_turn: str | None = None  # the turn started and not yet ended in the file
@@ -84,6 +124,8 @@ class Context:
         """The highest event seq recorded in this session (restored from its file)."""
         self.torn_tail: bytes | None = None
         """The bytes of a last line a crash cut short, found and dropped by restore."""
+        self._compaction: Compaction | None = None  # the newest compaction marker
+        self._compacted_at = 0  # how many messages the history had when it was made
 
     @property
     def is_open(self) -> bool:
@@ -101,9 +143,13 @@ class Context:
         """Add one message at the end (written to the file by the next :meth:`flush`).
 
         ``seq`` is the seq of the last event published before it, kept in its record.
+        Raises ``ValueError`` (and adds nothing) for a message a session file could not
+        hold as given: a non-finite number in tool arguments.
         """
         if self._closed:
             raise trio.ClosedResourceError(f"{self.path} was closed: restore it again to add to it")
+        if self._journal is not None:
+            check_message(message)
         self._messages.append(message)
         if self._journal is not None:
             self._pending.append(MessageRecord(message=message, seq=seq))
@@ -128,17 +174,25 @@ class Context:
         self.extend(results, seq=seq)
         return results
 
-    def mark_turn_start(self, turn_id: str, parent_turn_id: str | None, *, seq: int) -> None:
-        """Record that a turn began (a no-op in memory)."""
+    def mark_turn_start(self, lineage: TurnLineage, *, seq: int) -> None:
+        """Record that a turn began, with its place among nested turns (a no-op in memory)."""
         if self._journal is not None:
-            self._pending.append(TurnStart(turn_id=turn_id, parent_turn_id=parent_turn_id, seq=seq))
-            self._open_turn = turn_id
+            start = TurnStart(
+                turn_id=lineage.turn_id,
+                parent_turn_id=lineage.parent_turn_id,
+                root_turn_id=lineage.root_turn_id,
+                depth=lineage.depth,
+                seq=seq,
+            )
+            self._pending.append(start)
+            self._open_turn = lineage.turn_id
 
     def mark_turn_end(self, turn_id: str, stop_reason: str, usage: Usage, *, seq: int) -> None:
         """Record that a turn ended (a no-op in memory, and for a turn never started).
 
-        A turn ends once: a second call (a turn whose final sync failed, then aborted)
-        replaces the end marker still pending.
+        A turn ends once: a second call replaces the end marker not yet flushed, and
+        once flushed (queued in the file, even if its write then failed and waits to be
+        retried) the turn has ended and later calls do nothing.
         """
         if self._journal is None or self._open_turn != turn_id:
             return
@@ -148,6 +202,52 @@ class Context:
         self._pending.append(
             TurnEnd(turn_id=turn_id, stop_reason=stop_reason, usage=usage, seq=seq)
         )
+
+    def record_events(self, events: Iterable[Event]) -> None:
+        """Queue ``events`` as event records (written by the next :meth:`flush`; a
+        no-op in memory). The agent does it for the types its ``persist_events`` names."""
+        if self._journal is not None:
+            self._pending.extend(EventRecord(event=event, seq=event.seq) for event in events)
+
+    # -- compaction: what is sent to the model, never what is kept ----------------------
+
+    @property
+    def compaction(self) -> Compaction | None:
+        """The newest compaction marker, or ``None`` if the history was never compacted."""
+        return self._compaction
+
+    def compact(self, summary: str, first_kept: int, user_intent: str | None, *, seq: int) -> None:
+        """From now on send ``summary`` in place of the messages before ``first_kept``.
+
+        Only a marker is added (and written by the next :meth:`flush`); every message
+        stays in :attr:`messages` and in the file.
+        """
+        if not 0 <= first_kept <= len(self._messages):
+            raise ValueError(
+                f"first_kept must be within the history (0..{len(self._messages)}), "
+                f"got {first_kept}"
+            )
+        marker = Compaction(
+            summary=summary, first_kept=first_kept, user_intent=user_intent, seq=seq
+        )
+        self._compaction = marker
+        self._compacted_at = len(self._messages)
+        if self._journal is not None:
+            self._pending.append(marker)
+
+    def prompt_messages(self) -> list[Message]:
+        """The history as the model is sent it: after a compaction, its summary and then
+        the messages kept verbatim (see :func:`trurn._compaction.prompt_messages`)."""
+        return prompt_messages(self._messages, self._compaction)
+
+    def usage_since_compaction(self) -> Usage | None:
+        """The newest usage reported after the latest compaction (earlier ones measure a
+        prompt that is no longer sent), or ``None``."""
+        for index in range(len(self._messages) - 1, self._compacted_at - 1, -1):
+            message = self._messages[index]
+            if isinstance(message, AssistantMessage) and message.usage is not None:
+                return message.usage
+        return None
 
     # -- the file ------------------------------------------------------------------------
 
@@ -164,8 +264,19 @@ class Context:
             raise RuntimeError("this Context has no path: it lives in memory only")
         if self._journal is not None:
             raise RuntimeError(f"{self.path} is already restored")
-        journal = await open_journal(self.path, fsync=self._fsync, create=self._create)
+        journal = await open_journal(
+            self.path, fsync=self._fsync, create=self._create, file_ops=self._file_ops
+        )
         contents = journal.contents
+        header = contents.header
+        if header is not None and self.session_id not in (None, header.session_id):
+            await journal.aclose()
+            raise SessionError(
+                f"{self.path} holds session {header.session_id!r}, not {self.session_id!r} "
+                "(the file was copied or renamed; pass session_id= to open it as what it "
+                "is, or fork it to make a copy under a new id)",
+                path=self.path,
+            )
         self._journal = journal
         self._closed = False
         self.torn_tail = contents.torn_tail
@@ -177,6 +288,7 @@ class Context:
                 stacklevel=2,
             )
         self._messages = [r.message for r in contents.records if isinstance(r, MessageRecord)]
+        self._compaction, self._compacted_at = _latest_compaction(contents.records)
         self.last_seq = max((r.seq for r in contents.records), default=0)
         if contents.header is None:
             session_id = self.session_id or validate_session_id(self.path.stem)
@@ -196,33 +308,66 @@ class Context:
         return self
 
     async def flush(self) -> None:
-        """Write the records added since the last flush, as whole lines in one write.
+        """Hand the records added since the last flush to the file, to be written as
+        whole lines.
 
-        For an in-memory context it does nothing and is not even a checkpoint (the turn
-        calls it after every step). The write itself is shielded: a cancel that arrives
-        before it leaves every record pending, one that arrives during it waits for it.
-        If the disk fails (:class:`~trurn.SessionWriteError`), the file stays valid and
-        the records stay pending, to be written by the next flush.
+        In memory it does nothing. Inside ``async with`` it does not wait either, and is
+        not a checkpoint (the turn calls it after every step): the background writer
+        writes the records within about :data:`~trurn._journal.LINGER` seconds. It
+        raises the :class:`~trurn.SessionWriteError` of an earlier background write that
+        failed (a full disk); the file was cut back to its last whole line, and those
+        records stay queued and go out with a later flush, :meth:`sync` or
+        :meth:`aclose`. Without a background writer (a bare :meth:`restore`) flush writes
+        in a worker thread and waits, shielded; a cancel before the write leaves the
+        records queued for the next flush.
         """
         journal = self._journal
-        if journal is None or not self._pending:
+        if journal is None:
             return
-        records = self._pending
-        self._pending = []
+        if journal.writing_behind:
+            self._hand_over(journal)
+            journal.flush_nowait()
+        elif self._pending or journal.unwritten:
+            self._hand_over(journal)
+            await journal.flush()
+
+    def _hand_over(self, journal: Journal) -> None:
+        """Queue the pending records in the journal (encoded now, written later)."""
+        if not self._pending:
+            return
+        records, self._pending = self._pending, []
         try:
-            await journal.append(records)
+            journal.enqueue(records)
         except BaseException:
             self._pending[:0] = records
             raise
+        turn = self._open_turn
+        if turn is not None and any(
+            isinstance(r, TurnEnd) and r.turn_id == turn for r in reversed(records)
+        ):
+            self._open_turn = None
 
     async def sync(self) -> None:
-        """Flush, then force the file to disk unless the fsync policy is ``"never"``."""
-        await self.flush()
-        if self._journal is not None:
-            await self._journal.sync()
+        """Get every record added so far into the file and wait for it, fsynced unless
+        the policy is ``"never"``: the turn's acknowledgment point.
+
+        A cancel that arrives before it raises ``Cancelled`` with the records still
+        pending (so an aborting turn can still replace its end marker); the wait itself
+        is shielded, so once it began the records are written even if the caller is
+        cancelled. Raises :class:`~trurn.SessionWriteError` if the write or the fsync
+        fails; the records stay queued, as for :meth:`flush`.
+        """
+        journal = self._journal
+        if journal is None:
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._hand_over(journal)
+        await journal.sync()
 
     async def aclose(self) -> None:
-        """Write what is pending, sync, and release the file (shielded); idempotent."""
+        """Write what is pending, sync, stop the background writer and release the file
+        (shielded); idempotent. Raises :class:`~trurn.SessionWriteError` if records
+        could not be written (the file stays valid and is released anyway)."""
         journal, self._journal = self._journal, None
         if journal is None:
             await trio.lowlevel.checkpoint()
@@ -230,15 +375,32 @@ class Context:
         self._closed = True
         with trio.CancelScope(shield=True):
             try:
-                if self._pending:
-                    records, self._pending = self._pending, []
-                    await journal.append(records)
+                self._hand_over(journal)
             finally:
                 await journal.aclose()
 
     async def __aenter__(self) -> Context:
-        if self.path is not None and self._journal is None:
+        """Restore the session (unless restored already) and start its background
+        writer, which lives until the block ends."""
+        if self.path is None:
+            return self
+        if self._writer is not None:
+            raise RuntimeError(f"{self.path} is open in an 'async with' block already")
+        if self._journal is None:
             await self.restore()
+        assert self._journal is not None
+        writer = trio.open_nursery()
+        nursery = await writer.__aenter__()
+        try:
+            # Running before the block starts, so every flush in it is handed over.
+            await nursery.start(self._journal.serve_writer)
+        except BaseException as exc:
+            try:
+                await self.aclose()
+            finally:
+                await _leave_nursery(writer, exc)
+            raise
+        self._writer = writer
         return self
 
     async def __aexit__(
@@ -247,7 +409,16 @@ class Context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        writer, self._writer = self._writer, None
+        if writer is None:
+            await self.aclose()
+            return
+        try:
+            await self.aclose()  # stops the writer, so its nursery ends at once
+        except BaseException as error:
+            await _leave_nursery(writer, error)
+            raise
+        await _leave_nursery(writer, exc)
 
     def __repr__(self) -> str:
         where = "in memory" if self.path is None else str(self.path)
@@ -256,6 +427,39 @@ class Context:
 
 class SessionRecoveryWarning(UserWarning):
     """Restoring a session dropped something a crash left half-written."""
+
+
+async def _leave_nursery(
+    nursery: AbstractAsyncContextManager[trio.Nursery], exc: BaseException | None
+) -> None:
+    """Exit a nursery entered in ``__aenter__`` while ``exc`` ends the block.
+
+    The writer's task never raises, so the nursery can only wrap ``exc`` itself in an
+    exception group; ``exc`` then goes on as it is, as if the block had no nursery.
+    Nothing cancels the nursery's own scope, so it never swallows ``exc``.
+    """
+    try:
+        await nursery.__aexit__(
+            None if exc is None else type(exc),
+            exc,
+            None if exc is None else exc.__traceback__,
+        )
+    except BaseExceptionGroup as group:
+        if exc is None or len(group.exceptions) != 1 or group.exceptions[0] is not exc:
+            raise
+
+
+def _latest_compaction(records: Sequence[Record]) -> tuple[Compaction | None, int]:
+    """The newest compaction marker of a file, and how many messages came before it."""
+    latest: Compaction | None = None
+    at = 0
+    count = 0
+    for record in records:
+        if isinstance(record, MessageRecord):
+            count += 1
+        elif isinstance(record, Compaction):
+            latest, at = record, count
+    return latest, at
 
 
 def _unfinished_turn(records: Sequence[Record]) -> str | None:

@@ -17,7 +17,12 @@ Every exception trurn raises on purpose derives from :class:`TrurnError`::
     │   └── MalformedStreamError      the reply is not the stream format it should be
     ├── ToolError                     raise from a tool to fail with a message for the model
     │   └── ToolArgumentsError        the model's arguments do not fit the tool's schema
+    ├── RequestError                  an answer to an approval or choice request is refused
+    │   ├── UnknownRequestError       no such request is open: never made, or expired (LookupError)
+    │   ├── RequestAnsweredError      the request was already answered
+    │   └── InvalidChoiceError        not one of the offered choices (also a ValueError)
     ├── ConfigurationError            a provider string or option is wrong (also a ValueError)
+    ├── SubagentDepthError            turns nested deeper than the agent's max_depth
     └── SessionError                  a session file cannot be used as asked (see .path)
         ├── SessionIdError            a session id that cannot be a file name (also a ValueError)
         ├── SessionLockedError        another writer has the session file open
@@ -40,6 +45,7 @@ __all__ = [
     "BadRequestError",
     "ConfigurationError",
     "ContextOverflowError",
+    "InvalidChoiceError",
     "MalformedStreamError",
     "NotFoundError",
     "OverloadedError",
@@ -48,6 +54,8 @@ __all__ = [
     "ProviderError",
     "ProviderTimeout",
     "RateLimitError",
+    "RequestAnsweredError",
+    "RequestError",
     "ServerError",
     "SessionCorruptError",
     "SessionError",
@@ -57,9 +65,11 @@ __all__ = [
     "SessionNotFoundError",
     "SessionVersionError",
     "SessionWriteError",
+    "SubagentDepthError",
     "ToolArgumentsError",
     "ToolError",
     "TrurnError",
+    "UnknownRequestError",
 ]
 
 
@@ -163,6 +173,41 @@ class ToolArgumentsError(ToolError):
     as an ``"error"`` result saying the arguments were invalid (``error_type``
     ``"ValidationError"``), so the model knows to fix its call rather than retry it.
     """
+
+
+class SubagentDepthError(TrurnError):
+    """A turn was started nested deeper than its agent's ``max_depth`` allows.
+
+    Raised before the turn does anything. From inside a tool (a subagent started by a
+    subagent...), it becomes that tool's error result, which the model reads.
+    """
+
+
+class RequestError(TrurnError):
+    """An answer to an approval or choice request was refused; ``request_id`` names it.
+
+    Raised to the answerer (``agent.respond``, ``agent.respond_choice``), never into
+    the turn: the request's tool call keeps waiting for a valid answer.
+    """
+
+    def __init__(self, message: str, *, request_id: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class UnknownRequestError(RequestError, LookupError):
+    """No request with this id is open: it was never made, it is of the other kind
+    (approval vs choice), or it expired because its tool call ended (the turn was
+    cancelled or finished, or the call timed out) before an answer came."""
+
+
+class RequestAnsweredError(RequestError):
+    """The request was already answered (by the agent's callback or another caller)."""
+
+
+class InvalidChoiceError(RequestError, ValueError):
+    """The answer is not one of the request's choices; the request stays open."""
 
 
 class ConfigurationError(TrurnError, ValueError):

@@ -2,10 +2,15 @@
 
 Writing: :func:`open_journal` opens (or creates, mode ``0600``) the file, takes the one
 writer lock on it (within this process and, through ``flock``, across processes), reads
-what is there and cuts off a torn last line. :meth:`Journal.append` then adds records as
-whole lines: a batch is on disk entirely or not at all, whether the caller is cancelled
-or the disk fails. Every file operation runs in a worker thread, so the event loop never
-blocks on the disk.
+what is there and cuts off a torn last line. Records are then queued and written as
+whole lines: a batch is in the file entirely or not at all, whether the caller is
+cancelled or the disk fails (a failed batch stays queued for the next attempt). Every
+file operation runs in a worker thread, so the event loop never blocks on the disk:
+either one per write, awaited by the caller (:meth:`Journal.append`), or one long-lived
+background writer (:meth:`Journal.serve_writer`) that writes what
+:meth:`Journal.flush_nowait` hands it without the caller waiting, and answers
+:meth:`Journal.sync`, where the caller does wait. The writer costs one thread per open
+journal, asleep while there is nothing to write.
 
 Reading: :func:`parse_journal` turns the bytes of a file into records (pure), and
 :func:`read_journal` is its async shell. A torn last line (a crash mid-write) is reported
@@ -19,9 +24,12 @@ above; this module knows lines and records, not conversations.
 from __future__ import annotations
 
 import codecs
+import collections
 import errno
+import math
 import os
 import pathlib
+import queue
 import re
 import stat
 import sys
@@ -195,6 +203,13 @@ def parse_journal(data: bytes, path: str | os.PathLike[str]) -> JournalContents:
     is not a record, except a torn last line, which is reported in ``torn_tail``.
     """
     path = os.fspath(path)
+    if data.startswith(codecs.BOM_UTF8):
+        raise SessionCorruptError(
+            f"{path}: line 1: not a session record (the file starts with a UTF-8 byte order "
+            "mark, which an editor may have added; session files have none)",
+            path=path,
+            line=1,
+        )
     end_offset = data.rfind(b"\n") + 1
     tail = data[end_offset:]
     lines = data[:end_offset].split(b"\n")
@@ -275,24 +290,31 @@ OS_FILE_OPS = FileOps()
 # POSIX, but this gives the clearer message and also works where flock does not exist.
 _open_journals: dict[tuple[int, int], str] = {}
 
+LINGER = 0.02
+"""Seconds a flushed record may wait for the background writer.
+
+The first flush that finds nothing planned sets a timer; when it expires, the writer
+thread is woken once and writes everything queued by then. A turn shorter than this
+wakes the thread only for its final sync, one that is longer has its records written
+once per ``LINGER`` at most, and a crash mid-turn loses at most the records of the
+last ``LINGER`` seconds (never an acknowledged one)."""
+
 
 class _WriteFailed(Exception):
-    """Raised in the worker thread; the async shell turns it into SessionWriteError."""
+    """A write that failed in a worker thread; ``file_valid``: it was cut back whole."""
 
-    def __init__(self, error: OSError, what: str, *, in_file: bool, file_valid: bool) -> None:
-        super().__init__(what)
+    def __init__(self, error: OSError, *, file_valid: bool) -> None:
+        super().__init__(str(error))
         self.error = error
-        self.what = what
-        self.in_file = in_file  # the records reached the file (only fsync failed)
-        self.file_valid = file_valid  # the file holds only whole lines
+        self.file_valid = file_valid
 
 
-def _append_sync(ops: FileOps, fd: int, data: bytes, good_offset: int, fsync: bool) -> None:
-    """Write ``data`` at the end of the file whole, then fsync if asked (worker thread).
+def _write_whole(ops: FileOps, fd: int, data: bytes, good_offset: int) -> None:
+    """Write ``data`` at the end of the file whole (worker thread).
 
-    On a write error after part of ``data`` went out (a short write then ENOSPC), the
-    file is cut back to ``good_offset``, the end of the last complete line, so it never
-    keeps half a batch.
+    On an error after part of ``data`` went out (a short write, then ENOSPC), the file
+    is cut back to ``good_offset``, the end of the last complete line, so it never keeps
+    half a batch.
     """
     written = 0
     try:
@@ -302,18 +324,19 @@ def _append_sync(ops: FileOps, fd: int, data: bytes, good_offset: int, fsync: bo
                 raise OSError(errno.EIO, "write made no progress")
             written += count
     except OSError as exc:
-        if written == 0:
-            raise _WriteFailed(exc, "write failed", in_file=False, file_valid=True) from exc
-        try:
-            ops.truncate(fd, good_offset)
-        except OSError:
-            raise _WriteFailed(exc, "write failed", in_file=False, file_valid=False) from exc
-        raise _WriteFailed(exc, "write failed", in_file=False, file_valid=True) from exc
-    if fsync:
-        try:
-            ops.fsync(fd)
-        except OSError as exc:
-            raise _WriteFailed(exc, "fsync failed", in_file=True, file_valid=True) from exc
+        if written:
+            try:
+                ops.truncate(fd, good_offset)
+            except OSError:
+                raise _WriteFailed(exc, file_valid=False) from exc
+        raise _WriteFailed(exc, file_valid=True) from exc
+
+
+def _take_all(chunks: collections.deque[bytes]) -> list[bytes]:
+    taken: list[bytes] = []
+    while chunks:
+        taken.append(chunks.popleft())
+    return taken
 
 
 def _read_all(fd: int) -> bytes:
@@ -337,12 +360,36 @@ def _lock_exclusive(fd: int, path: str) -> None:
         ) from exc
 
 
+# What the trio side tells the background writer (besides barriers).
+_WAKE = "wake"  # write what is queued (the waker task, LINGER after a flush)
+_STOP = "stop"  # write everything, sync, close the file and return
+
+
+@dataclass(frozen=True)
+class _Barrier:
+    """Write everything queued before this (fsync too if asked), then call ``done`` in
+    trio's thread with the error, if any."""
+
+    fsync: bool
+    done: Callable[[SessionWriteError | None], None]
+
+
 class Journal:
     """A session file open for appending, holding its writer lock until :meth:`aclose`.
 
     Made by :func:`open_journal`. ``contents`` is what the file held when it was opened
     (read under the lock, torn tail already cut off); it is not updated by appends.
     Use it as an async context manager, or call :meth:`aclose` when done.
+
+    Records are queued (:meth:`enqueue`, encoded at once) and written in order, each
+    batch as whole lines in one write. Who writes them: without a background writer,
+    the caller of :meth:`append`, :meth:`flush`, :meth:`sync` or :meth:`aclose`, in a
+    worker thread, waiting for it. With :meth:`serve_writer` running (a
+    :class:`~trurn.Context` used with ``async with`` starts it), one long-lived worker
+    thread writes queued records within :data:`LINGER` of :meth:`flush_nowait`,
+    without the caller waiting; :meth:`sync` is where a caller waits for them.
+    Records whose write failed stay queued, in order, and are written by the next
+    attempt: nothing queued is dropped while the journal is open.
     """
 
     def __init__(
@@ -359,136 +406,255 @@ class Journal:
         self.fsync_policy: FsyncPolicy = fsync
         self.contents = contents
         self._fd = fd
+        self._fd_open = True
         self._key = key
         self._ops = file_ops
-        self._offset = contents.end_offset
-        self._synced = contents.end_offset
-        self._lock = trio.StrictFIFOLock()
+        # Queued batches of whole lines, oldest first. The trio side appends on the
+        # right; the one thread writing at a time pops on the left (and puts a batch
+        # back there when its write failed). deque operations are atomic.
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._accepted = contents.end_offset  # bytes written or queued
+        self._offset = contents.end_offset  # end of the last line written (writer-owned)
+        self._synced = contents.end_offset  # how much of it is fsynced (writer-owned)
+        self._lock = trio.StrictFIFOLock()  # one caller-side write at a time
         self._closed = False
         self._failed: str | None = None  # why appends are refused after an error
+        # The background writer (serve_writer).
+        self._writer_running = False
+        self._writer_stopped = trio.Event()
+        self._stop_error: SessionWriteError | None = None
+        self._commands: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Its deadline is when the waker task wakes the writer thread (inf: no plan).
+        self._wake_scope = trio.CancelScope()
+        self._failure: SessionWriteError | None = None  # a background write's, unreported
 
     @property
     def offset(self) -> int:
-        """Byte offset of the end of the last complete line: every append so far ends here."""
+        """Byte offset of the end of the last complete line written."""
         return self._offset
+
+    @property
+    def unwritten(self) -> int:
+        """Bytes queued and not written yet (0 once everything queued is in the file)."""
+        return self._accepted - self._offset
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def writing_behind(self) -> bool:
+        """Whether a background writer (:meth:`serve_writer`) is running."""
+        return self._writer_running
+
+    # -- the trio side ---------------------------------------------------------------------
+
+    def enqueue(self, records: Sequence[Record]) -> None:
+        """Queue ``records`` to be appended as whole lines, in one write, after what is
+        queued already. Nothing is written yet; not a checkpoint.
+
+        The records are encoded here, so a record JSON cannot hold raises before
+        anything is queued, and so does a closed (``trio.ClosedResourceError``) or
+        failed (:class:`SessionWriteError`) journal. The first record of an empty file
+        must be a :class:`Header` (``ValueError`` otherwise).
+        """
+        self._enqueue(records, encode_lines(records))
+
+    def _enqueue(self, records: Sequence[Record], data: bytes) -> None:
+        self._check_writable()
+        if self._accepted == 0 and records and not isinstance(records[0], Header):
+            raise ValueError(
+                f"the first record of a session file must be a Header, got {_kind(records[0])!r}"
+            )
+        if data:
+            self._chunks.append(data)
+            self._accepted += len(data)
+
+    def flush_nowait(self) -> None:
+        """Have the background writer write what is queued, without waiting for it.
+
+        The writer writes within :data:`LINGER` (everything queued by then). Not a
+        checkpoint. Raises the :class:`SessionWriteError` of an earlier background write
+        that failed and was not reported yet: its records are still queued, the file
+        was cut back to its last whole line, and the writer tries again. Raises
+        ``RuntimeError`` if no background writer is running.
+        """
+        if not self._writer_running:
+            raise RuntimeError(f"{self.path} has no background writer: await flush() instead")
+        self._check_writable()
+        failure, self._failure = self._failure, None
+        if self.unwritten and self._wake_scope.deadline == math.inf:
+            self._wake_scope.deadline = trio.current_time() + LINGER
+        if failure is not None:
+            raise failure
+
     async def append(self, records: Sequence[Record]) -> None:
-        """Append ``records`` as whole lines, in one write; fsync after it if the policy
-        is ``"record"``.
+        """Queue ``records`` (see :meth:`enqueue`) and wait until they are in the file,
+        fsynced if the policy is ``"record"``.
 
-        The records are encoded first, so a record JSON cannot hold raises before the
-        file is touched. A checkpoint: a cancel that arrives while waiting for another
-        append raises ``Cancelled`` with nothing written; once the write has begun it
-        runs to its end in a shielded scope, so a return means every record is in the
-        file and a ``Cancelled`` means none is. The first record of an empty file must
-        be a :class:`Header` (``ValueError`` otherwise). A process killed mid-write
-        is different: the file may then keep the first whole lines of the batch and a
-        torn last line, which the next open cuts off; restoring must cope with that.
+        A checkpoint: a cancel that arrives while waiting for another append raises
+        ``Cancelled`` with nothing queued; once queued, the records are written and
+        waited for in a shielded scope, so a return means every record is in the file.
+        A process killed mid-write is different: the file may then keep the first whole
+        lines of the batch and a torn last line, which the next open cuts off.
 
-        Raises :class:`SessionWriteError` when the disk fails; the file is then cut
-        back to its last complete line. After a failed fsync, or a failed cut, the
-        journal refuses further appends (reopen it: opening cuts a torn tail).
+        Raises :class:`SessionWriteError` when the disk fails: the file is cut back to
+        its last complete line and the records stay queued for the next append,
+        :meth:`flush`, :meth:`sync` or :meth:`aclose`. After a failed fsync, or a failed
+        cut, the journal refuses further appends (reopen it: opening cuts a torn tail).
         Raises ``trio.ClosedResourceError`` after :meth:`aclose`.
         """
         data = encode_lines(records)
         async with self._lock:
-            self._check_writable()
-            if self._offset == 0 and records and not isinstance(records[0], Header):
-                raise ValueError(
-                    f"the first record of a session file must be a Header,"
-                    f" got {_kind(records[0])!r}"
-                )
-            if not data:
-                return
-            with trio.CancelScope(shield=True):
-                try:
-                    await trio.to_thread.run_sync(
-                        _append_sync,
-                        self._ops,
-                        self._fd,
-                        data,
-                        self._offset,
-                        self.fsync_policy == "record",
-                    )
-                except _WriteFailed as failed:
-                    raise self._write_error(failed, len(data)) from failed.error
-            self._offset += len(data)
-            if self.fsync_policy == "record":
-                self._synced = self._offset
+            self._enqueue(records, data)
+            await self._write_out(fsync=self.fsync_policy == "record")
 
-    def _write_error(self, failed: _WriteFailed, size: int) -> SessionWriteError:
-        if failed.in_file:
-            self._offset += size
-            self._failed = "an fsync failed, so earlier records may not be on disk"
-            detail = "the records are in the file but may not be on disk; reopen the session"
-        elif not failed.file_valid:
-            self._failed = "a failed write could not be cut back"
-            detail = "part of a line may be left at the end; reopen the session to cut it off"
-        else:
-            detail = "nothing was appended"
-        return SessionWriteError(
-            f"{self.path}: {failed.what}: {failed.error.strerror or failed.error}; {detail}",
-            path=self.path,
-        )
+    async def flush(self) -> None:
+        """Write what is queued and wait for it (fsynced if the policy is ``"record"``).
 
-    async def sync(self) -> None:
-        """Force what was appended since the last sync to disk, unless the policy is
-        ``"never"``. The turn calls it at the end of each turn (policy ``"turn"``).
-
-        A checkpoint; once the fsync has begun it finishes even if cancelled. Raises
-        :class:`SessionWriteError` if the fsync fails (the journal then refuses appends).
+        Shielded once begun, like :meth:`append`; raises as :meth:`append` does.
         """
         async with self._lock:
-            self._check_writable()
-            if self.fsync_policy == "never" or self._synced == self._offset:
-                return
-            with trio.CancelScope(shield=True):
-                await self._fsync()
+            await self._write_out(fsync=self.fsync_policy == "record")
 
-    async def _fsync(self) -> None:
-        try:
-            await trio.to_thread.run_sync(self._ops.fsync, self._fd)
-        except OSError as exc:
-            self._failed = "an fsync failed, so earlier records may not be on disk"
-            raise SessionWriteError(
-                f"{self.path}: fsync failed: {exc.strerror or exc}", path=self.path
-            ) from exc
-        self._synced = self._offset
+    async def sync(self) -> None:
+        """Write what is queued and force the file to disk, unless the policy is
+        ``"never"``, and wait for it. The turn calls it at the end of each turn.
+
+        A checkpoint: a cancel that arrives before it raises ``Cancelled`` without
+        waiting; the wait itself is shielded, so once it began what is queued gets
+        written and synced even if the caller is cancelled. Raises
+        :class:`SessionWriteError` if a write fails (the records stay queued) or the
+        fsync fails (the journal then refuses appends).
+        """
+        fsync = self.fsync_policy != "never"
+        if self._writer_running:  # the writer orders the writes: no lock to take
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._write_out(fsync=fsync)
+            return
+        async with self._lock:
+            await self._write_out(fsync=fsync)
+
+    async def _write_out(self, *, fsync: bool) -> None:
+        """Get everything queued so far written (and fsynced if asked) and wait for it,
+        shielded. The caller holds ``_lock`` unless the background writer runs."""
+        self._check_writable()
+        if self._offset == self._accepted and (not fsync or self._synced == self._offset):
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.CancelScope(shield=True):
+            if self._writer_running:
+                error = await self._barrier(fsync)
+                if not self.unwritten:
+                    self._wake_scope.deadline = math.inf  # nothing left for a wake-up
+            else:
+                error = await trio.to_thread.run_sync(self._write_queued_sync, fsync)
+        if error is not None:
+            raise error
+
+    async def _barrier(self, fsync: bool) -> SessionWriteError | None:
+        done = trio.Event()
+        errors: list[SessionWriteError | None] = []
+
+        def finished(error: SessionWriteError | None) -> None:
+            errors.append(error)
+            done.set()
+
+        self._commands.put(_Barrier(fsync, finished))
+        await done.wait()
+        return errors[0]
 
     def _check_writable(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError(f"the journal of {self.path} is closed")
         if self._failed is not None:
-            raise SessionWriteError(
-                f"{self.path}: refusing to append: {self._failed}; reopen the session",
-                path=self.path,
-            )
+            raise self._refusal()
+
+    async def serve_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the background writer: one worker thread that writes queued records as
+        :meth:`flush_nowait` asks, until :meth:`aclose`.
+
+        Run it in a nursery (``await nursery.start(journal.serve_writer)``) and close
+        the journal before that nursery ends: it returns only once :meth:`aclose` has
+        had everything written, synced and the file closed, and cancelling it does not
+        stop it sooner (its thread is never abandoned). Returns at once if the journal
+        is closed already. The thread sleeps until there is something to do: a waker
+        task wakes it :data:`LINGER` after a flush, and :meth:`sync`, :meth:`flush` and
+        :meth:`append` ask it directly; it wakes trio only to answer those.
+        """
+        # Shielded throughout: once running, callers may wait on the thread (a barrier
+        # queued for it), so it must start and run until aclose stops it.
+        with trio.CancelScope(shield=True):
+            async with self._lock:  # a caller-side write in progress finishes first
+                if self._writer_running:
+                    raise RuntimeError(f"{self.path} already has a background writer")
+                self._writer_running = not self._closed
+            task_status.started()
+            if not self._writer_running:
+                return
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._wake_writer_later)
+                    self._stop_error = await trio.to_thread.run_sync(
+                        self._serve_sync,
+                        trio.lowlevel.current_trio_token(),
+                        limiter=trio.CapacityLimiter(1),  # not trio's default 40: one each
+                    )
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._writer_running = False
+                self._answer_orphans()
+                self._writer_stopped.set()
+
+    async def _wake_writer_later(self) -> None:
+        """Wake the writer thread when the deadline that flush_nowait set comes.
+
+        A deadline rather than a sleep: planning and dropping a wake-up is then only
+        setting a number, and a turn that syncs before it (which drops it) costs this
+        task nothing.
+        """
+        while True:
+            with self._wake_scope:
+                await trio.sleep_forever()
+            self._wake_scope = trio.CancelScope()
+            if self.unwritten:
+                self._commands.put(_WAKE)
+
+    def _answer_orphans(self) -> None:
+        """Answer the barriers a writer thread left behind (only a bug ends it early)."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Barrier):
+                stopped = f"{self.path}: the background writer stopped"
+                command.done(SessionWriteError(stopped, path=self.path))
 
     async def aclose(self) -> None:
-        """Sync what is not yet synced (policies ``"turn"`` and ``"record"``), close the
-        file and release both locks.
+        """Write what is queued, sync what is not yet synced (policies ``"turn"`` and
+        ``"record"``), close the file and release both locks; stops the background
+        writer, if one runs, and waits for its thread to end.
 
         Idempotent. The work is shielded, so the file is closed even if the caller is
         cancelled; ``Cancelled`` is raised after it, at the final checkpoint. Raises
-        :class:`SessionWriteError` if the last fsync fails (the file is closed anyway).
+        :class:`SessionWriteError` if queued records could not be written or the last
+        fsync fails (the file is closed anyway, and stays valid).
         """
         error: SessionWriteError | None = None
         with trio.CancelScope(shield=True):
             async with self._lock:
                 if not self._closed:
                     self._closed = True
-                    pending = self.fsync_policy != "never" and self._synced < self._offset
-                    if pending and self._failed is None:
-                        try:
-                            await self._fsync()
-                        except SessionWriteError as exc:
-                            error = exc
                     try:
-                        await trio.to_thread.run_sync(os.close, self._fd)  # drops the flock
+                        if self._writer_running:
+                            self._commands.put(_STOP)
+                            await self._writer_stopped.wait()
+                            error = self._stop_error
+                        if self._fd_open:  # no writer, or one that ended early
+                            error = await trio.to_thread.run_sync(self._finish_sync)
                     finally:
                         _open_journals.pop(self._key, None)
         if error is not None:
@@ -509,6 +675,80 @@ class Journal:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"offset {self._offset}"
         return f"<trurn Journal {str(self.path)!r} fsync={self.fsync_policy!r} {state}>"
+
+    # -- the writing thread ----------------------------------------------------------------
+    # Exactly one thread writes at a time: the background writer's while it runs, else a
+    # worker thread started by a caller holding _lock. It owns _offset and _synced.
+
+    def _write_queued_sync(self, fsync: bool) -> SessionWriteError | None:
+        """Write everything queued in one write, then fsync if asked; the error, if any.
+
+        A failed write puts its batches back at the front of the queue, in order.
+        """
+        if self._failed is not None:
+            return self._refusal() if self._chunks else None
+        chunks = _take_all(self._chunks)
+        if chunks:
+            data = b"".join(chunks)
+            try:
+                _write_whole(self._ops, self._fd, data, self._offset)
+            except _WriteFailed as failed:
+                self._chunks.extendleft(reversed(chunks))
+                if failed.file_valid:
+                    return self._error("write failed", failed.error, "nothing was appended")
+                self._failed = "a failed write could not be cut back"
+                detail = "part of a line may be left at the end; reopen the session to cut it off"
+                return self._error("write failed", failed.error, detail)
+            self._offset += len(data)
+        if fsync and self._synced < self._offset:
+            try:
+                self._ops.fsync(self._fd)
+            except OSError as exc:
+                self._failed = "an fsync failed, so earlier records may not be on disk"
+                detail = "the records are in the file but may not be on disk; reopen the session"
+                return self._error("fsync failed", exc, detail)
+            self._synced = self._offset
+        return None
+
+    def _finish_sync(self) -> SessionWriteError | None:
+        """Write what is queued, fsync per the policy, close the file; the error, if any."""
+        try:
+            return self._write_queued_sync(self.fsync_policy != "never")
+        finally:
+            os.close(self._fd)  # also drops the flock
+            self._fd_open = False
+
+    def _serve_sync(self, token: trio.lowlevel.TrioToken) -> SessionWriteError | None:
+        """The background writer's loop, in its worker thread, until told to stop.
+
+        It sleeps until a command comes: a barrier (answered in trio's thread), a
+        wake-up from the waker task, or stop. A failed background write is kept for
+        flush_nowait to report; its records stay queued until the next command.
+        """
+        while True:
+            command = self._commands.get()
+            if command is _STOP:
+                return self._finish_sync()
+            if isinstance(command, _Barrier):
+                self._failure = None  # whoever waits on the barrier hears how it went
+                token.run_sync_soon(command.done, self._write_queued_sync(command.fsync))
+                continue
+            error = self._write_queued_sync(self.fsync_policy == "record")
+            if error is not None:
+                self._failure = error
+
+    def _error(self, what: str, exc: OSError, detail: str) -> SessionWriteError:
+        error = SessionWriteError(
+            f"{self.path}: {what}: {exc.strerror or exc}; {detail}", path=self.path
+        )
+        error.__cause__ = exc
+        return error
+
+    def _refusal(self) -> SessionWriteError:
+        return SessionWriteError(
+            f"{self.path}: refusing to append: {self._failed}; reopen the session",
+            path=self.path,
+        )
 
 
 _FSYNC_POLICIES = ("turn", "record", "never")

@@ -109,7 +109,7 @@ class AssistantMessage(
     aborted: bool = False
 
 
-ToolStatus = Literal["ok", "error", "cancelled", "denied", "interrupted"]
+ToolStatus = Literal["ok", "error", "cancelled", "denied", "timeout", "interrupted"]
 
 
 class ToolMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="role", tag="tool"):
@@ -117,7 +117,8 @@ class ToolMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="role", t
 
     ``status`` is ``"ok"`` for a normal result; ``"error"`` when the tool failed,
     its arguments were invalid or it does not exist; ``"cancelled"`` when the turn
-    was cancelled before it finished; ``"denied"`` when approval was refused;
+    was cancelled before it finished; ``"denied"`` when a person or the tool's precheck
+    refused it; ``"timeout"`` when it ran past its timeout;
     ``"interrupted"`` when a restored session found the call without a result (the
     process ended mid-call).
     """
@@ -126,6 +127,8 @@ class ToolMessage(msgspec.Struct, frozen=True, kw_only=True, tag_field="role", t
     name: str
     content: str
     status: ToolStatus = "ok"
+    arguments: dict[str, Any] | None = None
+    """Set when a ``before_tool`` hook changed the call: the arguments it ran with."""
 
     @property
     def is_error(self) -> bool:

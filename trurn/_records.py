@@ -20,7 +20,7 @@ from typing import Annotated
 
 import msgspec
 
-from ._messages import Message, Usage
+from ._messages import AssistantMessage, Message, ToolMessage, Usage
 from ._version import __version__
 from .events import Event
 
@@ -87,6 +87,8 @@ class TurnStart(_RecordBase, frozen=True, kw_only=True, tag="turn_start"):
 
     turn_id: str
     parent_turn_id: str | None = None
+    root_turn_id: str | None = None
+    depth: int = 0
 
 
 class TurnEnd(_RecordBase, frozen=True, kw_only=True, tag="turn_end"):
@@ -127,7 +129,9 @@ def encode_line(record: Record) -> bytes:
 
     msgspec's JSON escapes every control character inside strings and adds no
     whitespace, so the line contains no other newline. Raises ``ValueError`` for a
-    non-finite ``ts`` (JSON would store ``null`` and the line would not read back) and
+    non-finite ``ts`` (JSON would store ``null`` and the line would not read back) or a
+    non-finite number in a message's free-form data (tool arguments, server blocks:
+    stored as ``null``, they would not read back as given), and
     ``msgspec.EncodeError``/``TypeError`` for a value JSON cannot hold.
     """
     return encode_lines((record,))
@@ -139,9 +143,34 @@ def encode_lines(records: Iterable[Record]) -> bytes:
     for record in records:
         if not math.isfinite(record.ts):
             raise ValueError(f"record ts must be a finite unix time, got {record.ts!r}")
+        if isinstance(record, MessageRecord):
+            check_message(record.message)
         _encoder.encode_into(record, buffer, -1)
         buffer += b"\n"
     return bytes(buffer)
+
+
+def check_message(message: Message) -> None:
+    """Refuse a non-finite float in the parts of ``message`` typed only as JSON."""
+    if isinstance(message, AssistantMessage):
+        for call in message.tool_calls:
+            _check_finite(call.arguments, f"the arguments of tool call {call.id!r}")
+        for block in message.server_blocks:
+            _check_finite(block, "a server tool block")
+    elif isinstance(message, ToolMessage) and message.arguments is not None:
+        _check_finite(message.arguments, f"the arguments of tool result {message.tool_call_id!r}")
+
+
+def _check_finite(value: object, where: str) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} hold {value!r}, which JSON cannot store (not finite)")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, where)
 
 
 def decode_record(line: bytes) -> Record:

@@ -11,9 +11,10 @@ Layout (OTURN's, in JSONL)::
 :class:`SessionStore` creates, opens, lists, forks, deletes, exports and imports sessions.
 It knows files and whole sessions; appending to a session is :class:`~trurn.Context`'s
 job, and lines and records are the journal's. A new file (create, fork, import) is
-written whole to a temporary file and moved into place, so no reader ever sees half of
-it, and never over an existing file: two sessions never share one. Reading (list, fork,
-export) never changes a file and works while the session is open for writing.
+written whole to a temporary file and linked into place, so no reader ever sees half of
+it (or an empty one), and never over an existing file: two sessions never share one.
+Reading (list, fork, export) never changes a file and works while the session is open
+for writing; it reads only files in the store, never a device or FIFO a link leads to.
 
 Every file operation runs in a worker thread (``trio.to_thread.run_sync``), so the event
 loop never waits on the disk. Each operation's files are made in one thread call, which
@@ -25,6 +26,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime
+import errno
 import functools
 import json
 import os
@@ -145,14 +147,21 @@ def _newest_first(info: SessionInfo) -> tuple[float, float, str]:
     return (info.updated_at, info.created_at or 0.0, info.session_id)
 
 
-def _read_info_sync(session_id: str, path: Path) -> tuple[SessionInfo, bool]:
-    """Stat and read one session file (worker thread); ``True`` when the file is missing."""
+def _read_info_sync(root: Path, session_id: str, path: Path) -> tuple[SessionInfo, bool]:
+    """Stat and read one session file (worker thread); ``True`` when the file is missing.
+
+    Only a file in the store is read: a work dir's link leading anywhere else (to
+    ``/dev/zero``, a FIFO, another user's file) is reported in ``error``, not followed.
+    """
     try:
-        target = _resolve(path)
-        updated_at = os.stat(path).st_mtime
-        with open(path, "rb") as file:
-            data = file.read()
-        contents = parse_journal(data, target)
+        if not os.path.exists(path):  # a link whose file is gone, or a file deleted meanwhile
+            raise FileNotFoundError(path)
+        target = _session_target_sync(root, path, session_id, "read")
+        updated_at = os.stat(target).st_mtime
+        contents = parse_journal(_read_session_sync(target, session_id, "read"), target)
+        header = contents.header
+        if header is not None and header.session_id != session_id:
+            raise _header_mismatch(session_id, target, header.session_id, "read")
     except FileNotFoundError:
         where = os.readlink(path) if os.path.islink(path) else path
         error = f"the session file {where} is missing"
@@ -237,28 +246,131 @@ def _session_target_sync(root: Path, path: Path, session_id: str, doing: str) ->
     return _resolve(path)
 
 
+def _open_session_sync(path: Path, session_id: str, doing: str) -> int:
+    """Open a session file to read it (worker thread): a descriptor on a regular file.
+
+    ``O_NONBLOCK``: a FIFO in the file's place must not hang the thread (a regular file
+    ignores the flag). A directory or device there raises :class:`SessionError`;
+    ``FileNotFoundError`` and other ``OSError`` come out as they are.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise SessionError(
+                f"refusing to {doing} session {session_id!r}: {path} is {what},"
+                " not a session file; nothing was changed",
+                path=path,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_session_sync(path: Path, session_id: str, doing: str) -> bytes:
+    """The bytes of a session file, read without taking its lock (worker thread)."""
+    fd = _open_session_sync(path, session_id, doing)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _check_header_sync(path: Path, session_id: str, doing: str) -> None:
+    """Refuse a file whose header names another session (worker thread).
+
+    A missing file, an empty one or one whose first line is not a header at all passes:
+    restoring or deleting reports those in its own terms.
+    """
+    try:
+        fd = _open_session_sync(path, session_id, doing)
+    except FileNotFoundError:
+        return
+    try:
+        first = _read_first_line_sync(fd)
+    finally:
+        os.close(fd)
+    probe = header_probe(first)
+    if probe is not None and probe.session_id is not None and probe.session_id != session_id:
+        raise _header_mismatch(session_id, path, probe.session_id, doing)
+
+
+def _header_mismatch(session_id: str, path: Path, found: str, doing: str) -> SessionError:
+    return SessionError(
+        f"refusing to {doing} session {session_id!r}: line 1 of {path} is the header of"
+        f" session {found!r}, not the header of session {session_id!r} (was the file copied"
+        " or renamed? fork copies a session under a new id); nothing was changed",
+        path=path,
+    )
+
+
 # -- writing whole files -----------------------------------------------------------------
 
 
 def _write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
     """Put ``data`` at ``path`` whole (mode 0600), never over an existing file (worker thread).
 
-    The name is reserved first with ``O_EXCL`` (so of two writers one gets
-    ``FileExistsError``), the data goes to a temporary file in the same directory, and
-    ``os.replace`` swaps it in: a reader sees the empty reservation or the whole file.
+    The data goes to a temporary file in the same directory, which is then hard-linked
+    to ``path``: ``link`` fails with ``FileExistsError`` when the name is taken, so of
+    two writers one loses, and a reader finds no file or the whole one. (Reserving the
+    name first with an empty file would let a concurrent :meth:`SessionStore.open` take
+    the empty file for a new session and write to it, only to lose it when the data is
+    moved over it.) Where the file system has no hard links, the name is reserved with
+    ``O_EXCL`` and the data moved over the reservation.
     """
-    reserved = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    os.close(reserved)
+    temporary = _write_temporary(path, data, fsync=fsync)
     try:
-        _replace_file(path, data, fsync=fsync)
-    except BaseException:
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            reserved = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(reserved)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
+            os.unlink(temporary)
+    if fsync:
+        _fsync_directory(path.parent)
+
+
+# What link() fails with where a file system has no hard links (FAT, some network and
+# FUSE file systems).
+_NO_HARD_LINKS = frozenset(
+    getattr(errno, name)
+    for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "ENOSYS")
+    if hasattr(errno, name)
+)
 
 
 def _replace_file(path: Path, data: bytes, *, fsync: bool) -> None:
     """Write ``data`` to a temporary file next to ``path`` and move it over ``path``."""
+    temporary = _write_temporary(path, data, fsync=fsync)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    if fsync:
+        _fsync_directory(path.parent)
+
+
+def _write_temporary(path: Path, data: bytes, *, fsync: bool) -> str:
+    """A new temporary file (mode 0600) next to ``path`` holding ``data``; its name."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:
@@ -269,13 +381,11 @@ def _replace_file(path: Path, data: bytes, *, fsync: bool) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    if fsync:
-        _fsync_directory(path.parent)
+    return temporary
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -492,6 +602,13 @@ def _render_message(message: Message) -> str:
     return "\n\n".join([*parts[:1], _marker("message", message), *parts[1:]])
 
 
+def _local_time(unix: float) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(unix).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # outside what the platform's time handles
+        return f"{unix!r} (unix time)"
+
+
 def render_markdown(header: Header | None, records: Iterable[Record], *, session_id: str) -> str:
     """A session as a Markdown transcript that :func:`parse_markdown` reads back (pure).
 
@@ -506,8 +623,7 @@ def render_markdown(header: Header | None, records: Iterable[Record], *, session
     )
     facts = []
     if session.created_at is not None:
-        created = datetime.datetime.fromtimestamp(session.created_at).astimezone()
-        facts.append(f"- Created: {created.isoformat(timespec='seconds')}")
+        facts.append(f"- Created: {_local_time(session.created_at)}")
     if session.work_dir is not None:
         facts.append(f"- Work dir: `{_guard(session.work_dir)}`")
     if session.model is not None:
@@ -607,22 +723,15 @@ def _read_text_sync(path: Path) -> str:
 # -- deleting ----------------------------------------------------------------------------
 
 
-def _open_key_sync(path: Path) -> tuple[int, tuple[int, int]]:
-    # O_NONBLOCK: a FIFO in the file's place must not hang the thread; a regular file
-    # ignores it.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SessionError(f"refusing to delete {path}: not a regular file", path=path)
-    except BaseException:
-        os.close(fd)
-        raise
+def _open_key_sync(path: Path, session_id: str) -> tuple[int, tuple[int, int]]:
+    """A descriptor on the session file to delete, and its (device, inode) key."""
+    fd = _open_session_sync(path, session_id, "delete")
+    info = os.fstat(fd)
     return fd, (info.st_dev, info.st_ino)
 
 
 class _HeaderProbe(msgspec.Struct):
-    """What delete needs of a header; other fields (even a newer format's) are ignored."""
+    """What the store needs of a header; other fields (even a newer format's) are ignored."""
 
     kind: str = ""
     session_id: str | None = None
@@ -634,7 +743,10 @@ _FIRST_LINE_LIMIT = 1 << 20
 
 
 def _read_first_line_sync(fd: int) -> bytes:
-    """The file's bytes up to its first newline (at most 1 MiB; worker thread)."""
+    """The file's bytes up to and including its first newline (worker thread).
+
+    At most about 1 MiB; all of the file when it has no newline and is shorter.
+    """
     os.lseek(fd, 0, os.SEEK_SET)
     data = b""
     while b"\n" not in data and len(data) < _FIRST_LINE_LIMIT:
@@ -642,18 +754,36 @@ def _read_first_line_sync(fd: int) -> bytes:
         if not chunk:
             break
         data += chunk
-    return data.split(b"\n", 1)[0]
+    return data.partition(b"\n")[0] + (b"\n" if b"\n" in data else b"")
 
 
-def header_of(line: bytes, session_id: str) -> _HeaderProbe | None:
-    """The header in ``line`` if it is the header of ``session_id``, else ``None`` (pure)."""
+def header_probe(start: bytes) -> _HeaderProbe | None:
+    """The header on the first line of ``start``, or ``None`` if it is no header (pure)."""
     try:
-        probe = _header_probe_decoder.decode(line)
+        probe = _header_probe_decoder.decode(start.partition(b"\n")[0])
     except msgspec.MsgspecError:
         return None
-    if probe.kind != "header" or probe.session_id != session_id:
-        return None
-    return probe
+    return probe if probe.kind == "header" else None
+
+
+def header_of(start: bytes, session_id: str) -> _HeaderProbe | None:
+    """The header on the first line of ``start`` if it is the header of ``session_id``,
+    else ``None`` (pure)."""
+    probe = header_probe(start)
+    return probe if probe is not None and probe.session_id == session_id else None
+
+
+def holds_no_record(start: bytes) -> bool:
+    """Whether ``start``, a file's first line as :func:`_read_first_line_sync` read it, is
+    a whole file that holds no record yet: empty, or a header cut short by a crash before
+    its newline (pure). Such a file is a session that never got going."""
+    if b"\n" in start or len(start) >= _FIRST_LINE_LIMIT:
+        return False
+    try:
+        parse_journal(start, "")
+    except SessionError:
+        return False
+    return True
 
 
 def _delete_locked_sync(fd: int, file: Path, links: Sequence[Path]) -> None:
@@ -834,14 +964,16 @@ class SessionStore:
         """The file of ``session_id``: the work dir's link when it has one, else the
         newest date dir's file. Raises :class:`SessionNotFoundError`, and
         :class:`~trurn.SessionError` naming the link when it leads anywhere but to
-        ``<root>/<YYYYMMDD>/<session_id>.jsonl``."""
+        ``<root>/<YYYYMMDD>/<session_id>.jsonl``, naming the file when it is not a
+        regular file or its header names another session."""
         path, _ = await self._locate(session_id, work_dir, "use")
         return path
 
     async def _locate(
         self, session_id: str, work_dir: str | os.PathLike[str] | None, doing: str
     ) -> tuple[Path, Path]:
-        """``find``'s path and the checked session file it stands for."""
+        """``find``'s path and the checked session file it stands for: in the store, not
+        a directory or a device, and not headed by another session's header."""
         validate_session_id(session_id)
         link = None if work_dir is None else self.link_path(work_dir, session_id)
         filename = session_id + SUFFIX
@@ -859,11 +991,13 @@ class SessionStore:
             return None
 
         def search_and_check() -> tuple[Path, Path] | None:
-            # One thread call: the check sees what the search found.
+            # One thread call: the checks see what the search found.
             found = search()
             if found is None:
                 return None
-            return found, _session_target_sync(self.root, found, session_id, doing)
+            target = _session_target_sync(self.root, found, session_id, doing)
+            _check_header_sync(target, session_id, doing)
+            return found, target
 
         located = await trio.to_thread.run_sync(search_and_check)
         if located is None:
@@ -885,9 +1019,12 @@ class SessionStore:
         Looks in the work dir's links first, then in the global date dirs, newest date
         first. Raises :class:`SessionNotFoundError` (also when a link's file is gone;
         a missing file is never made anew), :class:`~trurn.SessionError` naming the link
-        when it leads anywhere but ``<root>/<YYYYMMDD>/<session_id>.jsonl`` (nothing is
+        when it leads anywhere but ``<root>/<YYYYMMDD>/<session_id>.jsonl``, and naming
+        the file when it is a directory or its header names another session (nothing is
         written), :class:`~trurn.SessionLockedError` when it is open for writing
-        already, and what restoring raises for a corrupt file.
+        already, :class:`~trurn.SessionWriteError` when it cannot be opened for writing
+        (a read-only file or file system), and what restoring raises for a corrupt
+        file.
         """
         path, target = await self._locate(session_id, work_dir, "open")
         work = await _absolute(work_dir)
@@ -896,11 +1033,23 @@ class SessionStore:
         try:
             return await context.restore()
         except FileNotFoundError as exc:
-            raise SessionNotFoundError(
-                f"the session {session_id!r} was deleted: {path} points to {target},"
-                " which is missing",
-                path=path,
+            raise _deleted(session_id, path, target) from exc
+        except OSError as exc:
+            raise SessionWriteError(
+                f"cannot open {target} for writing: {exc.strerror or exc}; nothing was"
+                " changed (it can still be read: fork or export_markdown)",
+                path=target,
             ) from exc
+
+    async def _read(self, session_id: str, path: Path, target: Path) -> _journal.JournalContents:
+        """The records of a session file that :meth:`_locate` found, read without its lock."""
+        try:
+            data = await trio.to_thread.run_sync(_read_session_sync, target, session_id, "read")
+        except FileNotFoundError as exc:
+            raise _deleted(session_id, path, target) from exc
+        except OSError as exc:
+            raise SessionError(f"cannot read {target}: {exc.strerror or exc}", path=target) from exc
+        return parse_journal(data, target)
 
     async def continue_latest(
         self, work_dir: str | os.PathLike[str], *, fsync: FsyncPolicy = "turn"
@@ -927,13 +1076,15 @@ class SessionStore:
         if work_dir is not None:
             return [info for info, _ in await self._list_local(work_dir)]
         found = await trio.to_thread.run_sync(_scan_global_sync, self.root)
-        return await _read_infos(found)
+        return await _read_infos(self.root, found)
 
     async def _list_local(
         self, work_dir: str | os.PathLike[str]
     ) -> builtins.list[tuple[SessionInfo, bool]]:
         found = await trio.to_thread.run_sync(_scan_local_sync, self.sessions_dir(work_dir))
-        infos = [await trio.to_thread.run_sync(_read_info_sync, sid, p) for sid, p in found]
+        infos = [
+            await trio.to_thread.run_sync(_read_info_sync, self.root, sid, p) for sid, p in found
+        ]
         infos.sort(key=lambda pair: _newest_first(pair[0]), reverse=True)
         return infos
 
@@ -964,8 +1115,8 @@ class SessionStore:
             validate_session_id(new_session_id)
         if upto is not None and (isinstance(upto, bool) or not isinstance(upto, int)):
             raise TypeError(f"upto must be an int or None, got {type(upto).__name__}")
-        _, target = await self._locate(session_id, work_dir, "fork")
-        contents = await _journal.read_journal(target)
+        path, target = await self._locate(session_id, work_dir, "fork")
+        contents = await self._read(session_id, path, target)
         count = sum(isinstance(r, MessageRecord) for r in contents.records)
         if upto is not None and not 0 <= upto <= count:
             raise ValueError(
@@ -986,16 +1137,18 @@ class SessionStore:
         while the session is open for writing, in this process or (through its OS lock)
         another; while it deletes, nobody can open it. A link whose file is already gone
         is just removed. Only ever removes ``<root>/<YYYYMMDD>/<session_id>.jsonl`` whose
-        header names ``session_id``, and links to it: a link leading anywhere else, or a
-        file without that header, raises :class:`~trurn.SessionError` and nothing is
-        removed.
+        header names ``session_id`` (or that holds no record yet: empty, or its header cut
+        short by a crash), and links to it: a link leading anywhere else, or a file
+        without that header, raises :class:`~trurn.SessionError` and nothing is removed.
         """
         path, target = await self._locate(session_id, work_dir, "delete")
         candidates = [path] if path != target else []
         try:
-            fd, key = await trio.to_thread.run_sync(_open_key_sync, target)
+            fd, key = await trio.to_thread.run_sync(_open_key_sync, target, session_id)
         except FileNotFoundError:
-            await trio.to_thread.run_sync(os.unlink, path)  # a dangling link
+            # A dangling link, or a file deleted meanwhile: nothing left to remove.
+            with contextlib.suppress(FileNotFoundError):
+                await trio.to_thread.run_sync(os.unlink, path)
             return
         try:
             if key in _journal._open_journals:
@@ -1007,15 +1160,15 @@ class SessionStore:
             # Registered as open, so a Context in this process cannot open it meanwhile.
             _journal._open_journals[key] = f"{target} (being deleted)"
             try:
-                line = await trio.to_thread.run_sync(_read_first_line_sync, fd)
-                header = header_of(line, session_id)
-                if header is None:
+                start = await trio.to_thread.run_sync(_read_first_line_sync, fd)
+                header = header_of(start, session_id)
+                if header is None and not holds_no_record(start):
                     raise SessionError(
                         f"refusing to delete {target}: its first line is not the header of"
                         f" session {session_id!r}; nothing was removed",
                         path=target,
                     )
-                if header.work_dir is not None:
+                if header is not None and header.work_dir is not None:
                     candidates.append(self.link_path(header.work_dir, session_id))
                 if work_dir is not None:
                     candidates.append(self.link_path(work_dir, session_id))
@@ -1044,8 +1197,8 @@ class SessionStore:
         reads back. Read-only on the session; ``dest`` is replaced whole (temporary file,
         then ``os.replace``), mode 0600 like the session.
         """
-        _, target = await self._locate(session_id, work_dir, "export")
-        contents = await _journal.read_journal(target)
+        path, target = await self._locate(session_id, work_dir, "export")
+        contents = await self._read(session_id, path, target)
         text = render_markdown(contents.header, contents.records, session_id=session_id)
         destination = Path(await trio.Path(dest).absolute())
         try:
@@ -1082,6 +1235,13 @@ class SessionStore:
         )
 
 
+def _deleted(session_id: str, path: Path, target: Path) -> SessionNotFoundError:
+    return SessionNotFoundError(
+        f"the session {session_id!r} was deleted: {path} points to {target}, which is missing",
+        path=path,
+    )
+
+
 def _prefix(records: Sequence[Record], upto: int) -> list[MessageRecord | Compaction]:
     """The first ``upto`` messages and the compaction markers among them, seq reset."""
     kept: list[MessageRecord | Compaction] = []
@@ -1108,7 +1268,7 @@ async def _absolute(path: str | os.PathLike[str] | None) -> Path | None:
     return None if path is None else Path(await trio.Path(path).absolute())
 
 
-async def _read_infos(found: Sequence[tuple[str, Path]]) -> list[SessionInfo]:
-    infos = [(await trio.to_thread.run_sync(_read_info_sync, sid, p))[0] for sid, p in found]
+async def _read_infos(root: Path, found: Sequence[tuple[str, Path]]) -> list[SessionInfo]:
+    infos = [(await trio.to_thread.run_sync(_read_info_sync, root, sid, p))[0] for sid, p in found]
     infos.sort(key=_newest_first, reverse=True)
     return infos

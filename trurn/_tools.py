@@ -8,6 +8,12 @@ unknown tools, bad arguments and exceptions become ``"error"`` results plus ``er
 events, never exceptions that end the turn. Only cancellation (and other
 ``BaseException``\\ s that are not ``Exception``) goes through, because the turn owns it.
 
+One call goes: arguments checked, ``preview``, ``tool_call`` published, ``precheck``
+(allow, deny, ask), approval if the precheck or the agent's ``require_approval`` asks
+(see :mod:`trurn._approvals`), then the tool under its timeout. A refusal is a
+``"denied"`` result and an expired timeout a ``"timeout"`` result, both for the model to
+read; the turn goes on.
+
 Schemas: :func:`tool` turns the signature into a ``msgspec`` Struct type with
 :func:`msgspec.defstruct` and takes :func:`msgspec.json.schema` of it. References to
 nested Structs are inlined, because several OpenAI-compatible servers do not resolve
@@ -19,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -28,6 +35,7 @@ import msgspec
 import trio
 
 from . import events
+from ._approvals import ApprovalFailed, Approvals, Emit, Precheck, check_timeout
 from ._errors import ToolArgumentsError, ToolError
 from ._messages import ToolCall, ToolMessage, ToolStatus
 from .providers._base import ToolSpec
@@ -46,8 +54,8 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-Emit = Callable[[Sequence[events.BaseEvent]], Awaitable[None]]
-"""Publishes a batch of events; the turn's version stamps ``seq`` and ``turn_id`` first."""
+PreviewFunction = Callable[..., "str | None"]
+PrecheckFunction = Callable[..., "Precheck | Awaitable[Precheck | None] | None"]
 
 # OpenAI's rule for function names; Anthropic's is the same.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -61,16 +69,25 @@ class ToolContext:
 
     A :func:`tool` function receives it by annotating a parameter with ``ToolContext``
     (the parameter is injected and is not part of the schema, so the model cannot set
-    it); :meth:`BaseTool.call` receives it as ``ctx``.
+    it); :meth:`BaseTool.call` receives it as ``ctx``. With it a tool streams output
+    (:meth:`output`) and asks the person to choose (:meth:`choose`) while it runs.
     """
 
-    __slots__ = ("_closed", "_emit", "call")
+    __slots__ = ("_approvals", "_closed", "_emit", "call")
 
-    def __init__(self, call: ToolCall, emit: Emit) -> None:
+    def __init__(self, call: ToolCall, emit: Emit, approvals: Approvals | None = None) -> None:
         self.call = call
         """The tool call being run: its ``id``, ``name`` and ``arguments``."""
         self._emit = emit
+        self._approvals = approvals
         self._closed = False
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise RuntimeError(
+                f"tool call {self.call.id!r} ({self.call.name}) has ended; "
+                f"ToolContext.{what} can only be used while the tool runs"
+            )
 
     async def output(self, text: str, stream: Literal["stdout", "stderr"] = "stdout") -> None:
         """Publish ``text`` as a ``tool_output`` event while the tool runs.
@@ -80,14 +97,45 @@ class ToolContext:
         ``trio.from_thread.run(ctx.output, text)``. Raises ``RuntimeError`` once the
         call has ended, so no output can follow its ``tool_exit``.
         """
-        if self._closed:
-            raise RuntimeError(
-                f"tool call {self.call.id!r} ({self.call.name}) has ended; "
-                "ToolContext.output can only be used while the tool runs"
-            )
+        self._check_open("output")
         if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         await self._emit([events.ToolOutput(tool_call_id=self.call.id, text=text, stream=stream)])
+
+    async def choose(self, prompt: str, choices: Sequence[str], hint: str | None = None) -> str:
+        """Ask the person to pick one of ``choices`` and return the one picked.
+
+        Publishes ``choice_request`` and waits for the agent's ``chooser`` callback or
+        ``agent.respond_choice(request_id, choice)``, whichever answers first; then
+        publishes ``choice_answered``. The wait has no timeout of its own: it ends with
+        the tool call (a turn cancel, or the tool's timeout, which counts this wait).
+        From a sync tool: ``trio.from_thread.run(ctx.choose, prompt, choices)``.
+
+        Raises ``TypeError``/``ValueError`` for a prompt that is not a str, choices that
+        are not a non-empty sequence of distinct str, or a hint that is not a str;
+        :class:`~trurn.ToolError` if the chooser fails (raises, or picks something not
+        offered); ``RuntimeError`` once the call has ended, or when it was run without
+        an agent (nobody could answer).
+        """
+        self._check_open("choose")
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, not {type(prompt).__name__}")
+        if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
+            raise TypeError(f"choices must be a sequence of str, not {type(choices).__name__}")
+        options = list(choices)
+        if not options:
+            raise ValueError("choices must not be empty")
+        if not all(isinstance(option, str) for option in options):
+            raise TypeError("choices must all be str")
+        if len(set(options)) != len(options):
+            raise ValueError(f"choices must be distinct, got {options!r}")
+        if hint is not None and not isinstance(hint, str):
+            raise TypeError(f"hint must be a str or None, not {type(hint).__name__}")
+        if self._approvals is None:
+            raise RuntimeError(
+                "this tool call was run without an agent, so nobody can answer a choice"
+            )
+        return await self._approvals.request_choice(self._emit, self.call, prompt, options, hint)
 
 
 class BaseTool(ABC):
@@ -100,19 +148,27 @@ class BaseTool(ABC):
     ``msgspec.convert(arguments, MyArgs)``, and raise :class:`ToolArgumentsError` (or
     :class:`~trurn.ToolError`) with a message for the model when they are wrong.
 
-    A name set as a class attribute is checked when the class is defined; every tool is
-    checked again by :func:`tool_map`.
+    ``timeout`` (seconds, or ``None`` for the agent's ``tool_timeout``; ``math.inf``
+    for none at all) bounds each call: past it the call is cancelled and the model
+    reads a ``"timeout"`` result. Override :meth:`preview` and :meth:`precheck` to
+    describe a call and to allow, deny or ask about it before it runs.
+
+    A name or timeout set as a class attribute is checked when the class is defined;
+    every tool is checked again by :func:`tool_map`.
     """
 
     name: str
     description: str = ""
     # Shared default, never mutated here; subclasses replace it rather than edit it.
     parameters: dict[str, Any] = {"type": "object", "properties": {}}  # noqa: RUF012
+    timeout: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             _check_name(cls.__dict__["name"], cls.__qualname__)
+        if "timeout" in cls.__dict__:
+            check_timeout(cls.__dict__["timeout"], f"tool {cls.__qualname__}: timeout")
 
     @abstractmethod
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> Any:
@@ -123,6 +179,31 @@ class BaseTool(ABC):
         ``""``, anything else as JSON (or ``str()`` if it is not JSON-encodable).
         Raise :class:`~trurn.ToolError` to fail with exactly your message.
         """
+
+    def preview(self, arguments: dict[str, Any]) -> str | None:
+        """A short text saying what this call would do, for approval prompts and UIs.
+
+        Sync and called on the event loop, so keep it pure. ``arguments`` is
+        unvalidated, as in :meth:`call`; raise :class:`ToolArgumentsError` to refuse
+        them (the call then fails without running). Shown in ``tool_call`` and
+        ``approval_request``, never to the model. The default gives none.
+        """
+        return None
+
+    async def precheck(self, arguments: dict[str, Any]) -> Precheck | None:
+        """Decide about this call before it runs: a :class:`~trurn.Precheck`.
+
+        ``"allow"`` (or ``None``, the default) runs it unless the agent's
+        ``require_approval`` asks; ``"deny"`` refuses it (the model reads the message
+        and reasons as a ``"denied"`` result); ``"ask"`` asks a person whatever the
+        agent's policy. Exceptions are reported like those of :meth:`call`.
+        """
+        return None
+
+    def check_arguments(self, arguments: dict[str, Any]) -> None:  # noqa: B027 (optional)
+        """Raise :class:`ToolArgumentsError` if ``arguments`` cannot be run, before a
+        person is asked to approve the call. The default accepts anything (:meth:`call`
+        still validates); :func:`tool` functions check them against their schema."""
 
     def spec(self) -> ToolSpec:
         """The tool as the model sees it."""
@@ -138,6 +219,9 @@ class FunctionTool(BaseTool, Generic[P, R]):
     Calling it calls the function unchanged (so tests of the function still work);
     :meth:`call` validates the model's arguments against :attr:`arguments_type` and runs
     the function, awaited if it is async, in a worker thread if it is sync.
+    :meth:`preview` and :meth:`precheck` validate the arguments too (so a call with bad
+    arguments fails before anyone is asked to approve it) and then call the functions
+    given to :func:`tool`, with the validated arguments as keyword arguments.
     """
 
     fn: Callable[P, R]
@@ -146,7 +230,14 @@ class FunctionTool(BaseTool, Generic[P, R]):
     """The Struct type built from the signature; arguments are converted to it."""
 
     def __init__(
-        self, fn: Callable[P, R], *, name: str | None = None, description: str | None = None
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+        preview: PreviewFunction | None = None,
+        precheck: PrecheckFunction | None = None,
     ) -> None:
         if isinstance(fn, BaseTool):
             raise TypeError(f"{fn!r} is already a tool; apply @tool only once")
@@ -162,6 +253,9 @@ class FunctionTool(BaseTool, Generic[P, R]):
             if name is None:
                 raise TypeError(f"{fn!r} has no __name__; pass @tool(name=...)")
         _check_name(name, _describe(fn))
+        for what, given in (("preview", preview), ("precheck", precheck)):
+            if given is not None and not callable(given):
+                raise TypeError(f"tool {name!r}: {what} must be a function, not {given!r}")
         summary, param_docs = _parse_docstring(getattr(target, "__doc__", None))
 
         self.fn = fn
@@ -171,6 +265,9 @@ class FunctionTool(BaseTool, Generic[P, R]):
             fn, name, param_docs
         )
         self.parameters = _schema_of(self.arguments_type, name)
+        self.timeout = check_timeout(timeout, f"tool {name!r}: timeout")
+        self._preview = preview
+        self._precheck = precheck
         self._is_async = _is_async(fn)
         self.__wrapped__ = fn
         self.__doc__ = getattr(target, "__doc__", None)
@@ -186,11 +283,7 @@ class FunctionTool(BaseTool, Generic[P, R]):
         A sync function runs in a worker thread; cancelling abandons that thread, which
         keeps running in the background until the function returns, its result lost.
         """
-        try:
-            parsed = msgspec.convert(arguments, self.arguments_type, strict=True)
-        except msgspec.ValidationError as exc:
-            raise ToolArgumentsError(str(exc)) from exc
-        kwargs = msgspec.structs.asdict(parsed)
+        kwargs = self._validate(arguments)
         for param in self._context_params:
             kwargs[param] = ctx
         args = [kwargs.pop(param) for param in self._positional]
@@ -200,14 +293,56 @@ class FunctionTool(BaseTool, Generic[P, R]):
             functools.partial(self.fn, *args, **kwargs), abandon_on_cancel=True
         )
 
+    def preview(self, arguments: dict[str, Any]) -> str | None:
+        """Validate ``arguments``, then call the ``preview`` function given to :func:`tool`
+        (with none, there is nothing to validate for: :meth:`call` does it)."""
+        if self._preview is None:
+            return None
+        return self._preview(**self._validate(arguments))
+
+    async def precheck(self, arguments: dict[str, Any]) -> Precheck | None:
+        """Validate ``arguments``, then call (and await, if async) the ``precheck`` function."""
+        if self._precheck is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        verdict = self._precheck(**self._validate(arguments))
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return verdict
+
+    def check_arguments(self, arguments: dict[str, Any]) -> None:
+        """Raise :class:`ToolArgumentsError` if ``arguments`` do not fit the function."""
+        self._validate(arguments)
+
+    def _validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The model's arguments as keyword arguments of the function (without its
+        :class:`ToolContext`); :class:`ToolArgumentsError` if they do not fit."""
+        try:
+            parsed = msgspec.convert(arguments, self.arguments_type, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ToolArgumentsError(str(exc)) from exc
+        return msgspec.structs.asdict(parsed)
+
 
 @overload
 def tool(
-    fn: Callable[P, R], /, *, name: str | None = None, description: str | None = None
+    fn: Callable[P, R],
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    preview: PreviewFunction | None = None,
+    precheck: PrecheckFunction | None = None,
 ) -> FunctionTool[P, R]: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    preview: PreviewFunction | None = None,
+    precheck: PrecheckFunction | None = None,
 ) -> Callable[[Callable[P, R]], FunctionTool[P, R]]: ...
 def tool(
     fn: Callable[P, R] | None = None,
@@ -215,8 +350,11 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
+    timeout: float | None = None,
+    preview: PreviewFunction | None = None,
+    precheck: PrecheckFunction | None = None,
 ) -> FunctionTool[P, R] | Callable[[Callable[P, R]], FunctionTool[P, R]]:
-    """Make a tool of a sync or async function: ``@tool`` or ``@tool(name=..., description=...)``.
+    """Make a tool of a sync or async function: ``@tool`` or ``@tool(name=..., ...)``.
 
     The arguments' JSON Schema comes from the type hints (anything ``msgspec`` can
     validate: Structs, lists, ``Literal``, ``Annotated[int, msgspec.Meta(ge=1)]``...);
@@ -226,13 +364,30 @@ def tool(
     descriptions come from its ``Args:``/``Parameters`` section or ``:param x:`` fields.
     No docstring gives an empty description.
 
-    Raises ``TypeError`` for a parameter without annotation, ``*args``/``**kwargs``, or a
-    type with no JSON Schema, and ``ValueError`` for a name the providers refuse (a
-    lambda, for instance: pass ``name=``).
+    ``timeout`` bounds each call in seconds (see :class:`BaseTool`). ``preview`` is a
+    sync function returning a short text about a call, and ``precheck`` a sync or async
+    function returning a :class:`~trurn.Precheck` (or ``None``); both get the validated
+    arguments as keyword arguments, without the :class:`ToolContext`::
+
+        @tool(preview=lambda path, text: f"write {len(text)} characters to {path}")
+        async def write_file(path: str, text: str) -> str: ...
+
+    Raises ``TypeError`` for a parameter without annotation, ``*args``/``**kwargs``, a
+    type with no JSON Schema, or a ``preview``/``precheck`` that is not callable, and
+    ``ValueError`` for a name the providers refuse (a lambda, for instance: pass
+    ``name=``) or a timeout that is not more than 0.
     """
+    make = functools.partial(
+        FunctionTool,
+        name=name,
+        description=description,
+        timeout=timeout,
+        preview=preview,
+        precheck=precheck,
+    )
     if fn is None:
-        return functools.partial(FunctionTool, name=name, description=description)
-    return FunctionTool(fn, name=name, description=description)
+        return make
+    return make(fn)
 
 
 def tool_map(tools: Iterable[BaseTool | Callable[..., Any]]) -> dict[str, BaseTool]:
@@ -265,77 +420,157 @@ async def run_tool_call(
     tools: Mapping[str, BaseTool],
     emit: Emit,
     record: Callable[[ToolMessage], None] = lambda result: None,
+    *,
+    approvals: Approvals | None = None,
+    tool_timeout: float | None = None,
 ) -> ToolMessage:
     """Run one tool call and return its result as the model will read it.
 
-    Emits ``tool_call`` first, then the tool's ``tool_output``\\ s, then ``error`` if it
-    failed and ``tool_exit`` last, each with ``seq=0, turn_id=""`` for ``emit`` to stamp.
-    ``record`` gets the result before ``tool_exit`` is published, so a cancel that lands
-    while it is being announced cannot lose a result the tool already produced.
-    An unknown tool, arguments that are not JSON or do not fit the schema, and any
-    ``Exception`` from the tool give an ``"error"`` result naming what went wrong (never
-    a traceback). A checkpoint on every path.
+    Emits ``tool_call`` first (with the tool's preview), then ``approval_request`` and
+    ``approval_answered`` if approval is asked, then the tool's ``tool_output``\\ s and
+    ``choice_request``\\ s, then ``error`` if it failed and ``tool_exit`` last, each with
+    ``seq=0, turn_id=""`` for ``emit`` to stamp. ``record`` gets the result before
+    ``tool_exit`` is published, so a cancel that lands while it is being announced
+    cannot lose a result the tool already produced. A checkpoint on every path.
+
+    - An unknown tool, arguments that are not JSON or do not fit the schema, and any
+      ``Exception`` from the tool, its preview or its precheck give an ``"error"``
+      result naming what went wrong (never a traceback).
+    - ``approvals`` (the agent's) says whether a person must approve the call, and
+      answers the tool's choices; without it a precheck's ``"ask"`` is a denial, since
+      nobody could answer. A denial gives a
+      ``"denied"`` result with the reason; an approver that fails, or a
+      ``require_approval`` callable that raises, an ``"error"`` result: the call never
+      runs unapproved. The approval wait has no deadline but the caller's.
+    - The tool's ``timeout``, else ``tool_timeout``, bounds the tool's run (not the approval
+      wait): past it the tool is cancelled and the result is ``"timeout"``. A sync tool
+      is abandoned then: its thread runs on in the background until the function
+      returns, and what it returns is lost.
 
     Cancellation propagates as it is, with no ``tool_exit``: the turn decides what a
-    cancelled call leaves in the history. A sync tool's worker thread is abandoned then
-    and finishes in the background.
+    cancelled call leaves in the history (a sync tool's thread is abandoned likewise).
     """
-    await emit([events.ToolCallStarted(call=call)])
     found = tools.get(call.name)
+    preview, outcome = _preview(call, tools, found)
+    await emit([events.ToolCallStarted(call=call, preview=preview)])
+    if outcome is None:
+        assert found is not None
+        outcome = await _gate(call, found, emit, approvals, preview)
+    if outcome is None:
+        assert found is not None
+        limit = found.timeout if found.timeout is not None else tool_timeout
+        outcome = await _run(call, found, emit, approvals, limit)
+    status, content, error_type = outcome
+    result = ToolMessage(tool_call_id=call.id, name=call.name, content=content, status=status)
+    record(result)
+    closing: list[events.BaseEvent] = []
+    if error_type is not None:
+        closing.append(events.Error(message=content, error_type=error_type, tool_call_id=call.id))
+    closing.append(
+        events.ToolExit(tool_call_id=call.id, name=call.name, status=status, content=content)
+    )
+    await emit(closing)
+    return result
+
+
+_Outcome = tuple[ToolStatus, str, "str | None"]
+"""How a call ended: its status, the content the model reads, and the ``error_type`` of
+the ``error`` event to publish (``None``: no error event)."""
+
+
+def _preview(
+    call: ToolCall, tools: Mapping[str, BaseTool], found: BaseTool | None
+) -> tuple[str | None, _Outcome | None]:
+    """The call's preview, or why the call cannot run: an unknown tool, arguments that
+    are not JSON, or a preview that raised (bad arguments, for a :func:`tool`)."""
     if found is None:
         available = ", ".join(sorted(tools)) or "none"
-        content = f"Unknown tool {call.name!r}. Available tools: {available}."
-        return await _fail(call, emit, record, content, "UnknownTool")
+        return None, (
+            "error",
+            f"Unknown tool {call.name!r}. Available tools: {available}.",
+            "UnknownTool",
+        )
     if call.arguments_error is not None:
         content = (
             f"The arguments for tool {call.name!r} were not valid JSON "
             f"({call.arguments_error}). Received: {_excerpt(call.arguments_raw)}"
         )
-        return await _fail(call, emit, record, content, "InvalidArguments")
+        return None, ("error", content, "InvalidArguments")
+    try:
+        preview = found.preview(dict(call.arguments))
+        if preview is not None and not isinstance(preview, str):
+            raise TypeError(f"preview returned a {type(preview).__name__}, not a str")
+    except Exception as exc:
+        return None, _failure(call, exc)
+    return preview, None
 
-    ctx = ToolContext(call, emit)
+
+async def _gate(
+    call: ToolCall,
+    found: BaseTool,
+    emit: Emit,
+    approvals: Approvals | None,
+    preview: str | None,
+) -> _Outcome | None:
+    """Run the precheck and, if it or the agent's policy asks, wait for approval.
+    ``None`` lets the call run; anything else is why it does not."""
+    try:
+        precheck = await found.precheck(dict(call.arguments))
+        if precheck is not None and not isinstance(precheck, Precheck):
+            raise TypeError(f"precheck returned a {type(precheck).__name__}, not a Precheck")
+    except Exception as exc:
+        return _failure(call, exc)
+    if precheck is not None and precheck.status == "deny":
+        content = _refusal(f"Tool {call.name!r} refused this call", precheck.message)
+        if precheck.reasons:
+            content += " Reasons: " + "; ".join(precheck.reasons) + "."
+        return "denied", content, None
+    try:
+        ask = (precheck is not None and precheck.status == "ask") or (
+            approvals is not None and approvals.needs_approval(call)
+        )
+    except Exception as exc:
+        content = f"Not run: the agent's require_approval failed ({type(exc).__name__})."
+        return "error", content, "ApprovalPolicyError"
+    if not ask:
+        return None
+    try:  # nobody is asked about a call that could not run anyway
+        found.check_arguments(dict(call.arguments))
+    except Exception as exc:
+        return _failure(call, exc)
+    if approvals is None:
+        content = f"Not run: tool {call.name!r} asks for approval and nobody can give it."
+        return "denied", content, None
+    try:
+        decision = await approvals.request_approval(emit, call, preview=preview, precheck=precheck)
+    except ApprovalFailed as exc:
+        return "error", f"Not run: {exc}.", "ApproverError"
+    if decision.approved:
+        return None
+    return "denied", _refusal(f"The user denied this call to {call.name!r}", decision.reason), None
+
+
+async def _run(
+    call: ToolCall,
+    found: BaseTool,
+    emit: Emit,
+    approvals: Approvals | None,
+    limit: float | None,
+) -> _Outcome:
+    """Run the tool itself, within ``limit`` seconds."""
+    ctx = ToolContext(call, emit, approvals)
     try:
         try:
-            result = await found.call(dict(call.arguments), ctx)
+            with trio.move_on_after(math.inf if limit is None else limit) as deadline:
+                result = await found.call(dict(call.arguments), ctx)
         finally:
             ctx._closed = True
-    except ToolArgumentsError as exc:
-        content = f"Invalid arguments for tool {call.name!r}: {exc}"
-        return await _fail(call, emit, record, content, "ValidationError")
-    except ToolError as exc:
-        content = str(exc) or type(exc).__name__
-        return await _fail(call, emit, record, content, type(exc).__name__)
     except Exception as exc:
-        return await _fail(call, emit, record, _exception_text(exc), type(exc).__name__)
-    return await _finish(call, emit, record, "ok", _result_text(result), [])
-
-
-async def _fail(
-    call: ToolCall,
-    emit: Emit,
-    record: Callable[[ToolMessage], None],
-    content: str,
-    error_type: str,
-) -> ToolMessage:
-    error = events.Error(message=content, error_type=error_type, tool_call_id=call.id)
-    return await _finish(call, emit, record, "error", content, [error])
-
-
-async def _finish(
-    call: ToolCall,
-    emit: Emit,
-    record: Callable[[ToolMessage], None],
-    status: ToolStatus,
-    content: str,
-    before: list[events.BaseEvent],
-) -> ToolMessage:
-    result = ToolMessage(tool_call_id=call.id, name=call.name, content=content, status=status)
-    record(result)
-    exit_event = events.ToolExit(
-        tool_call_id=call.id, name=call.name, status=status, content=content
-    )
-    await emit([*before, exit_event])
-    return result
+        return _failure(call, exc)
+    if deadline.cancelled_caught:
+        content = f"Timed out: tool {call.name!r} did not finish within {limit:g} seconds."
+        return "timeout", content, "ToolTimeout"
+    return "ok", _result_text(result), None
 
 
 # --- pure helpers -------------------------------------------------------------------------
@@ -355,6 +590,22 @@ def _result_text(value: Any) -> str:
         return str(value)
     except Exception:
         return f"<unprintable {type(value).__name__} result>"
+
+
+def _failure(call: ToolCall, exc: Exception) -> _Outcome:
+    """How a call ends whose tool (or its preview, its precheck) raised ``exc``."""
+    if isinstance(exc, ToolArgumentsError):
+        return "error", f"Invalid arguments for tool {call.name!r}: {exc}", "ValidationError"
+    if isinstance(exc, ToolError):
+        return "error", str(exc) or type(exc).__name__, type(exc).__name__
+    return "error", _exception_text(exc), type(exc).__name__
+
+
+def _refusal(what: str, reason: str | None) -> str:
+    """``what``, then the reason if any, as one sentence."""
+    if not reason:
+        return f"{what}."
+    return f"{what}: {reason}" if reason.endswith((".", "!", "?")) else f"{what}: {reason}."
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -389,6 +640,7 @@ def _check_tool(item: BaseTool) -> None:
     _check_name(item.name, owner)
     if not isinstance(item.description, str):
         raise TypeError(f"tool {item.name!r}: description must be a str")
+    check_timeout(item.timeout, f"tool {item.name!r}: timeout")
     parameters = item.parameters
     if not isinstance(parameters, dict) or parameters.get("type") != "object":
         raise ValueError(

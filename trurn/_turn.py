@@ -17,18 +17,22 @@ valid to send to the provider again, and publishes ``run_aborted`` then
 
 from __future__ import annotations
 
-import contextvars
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 import trio
 
 from . import events
+from ._compaction import Compactor, estimate_tokens, plan_compaction
 from ._context import Context
-from ._errors import ProviderError, TrurnError
+from ._errors import ContextOverflowError, ProviderError, TrurnError
+from ._hooks import Block, HookRunner
+from ._inbox import Inbox
+from ._lineage import CURRENT_TURN as _current_turn
+from ._lineage import lineage_for
 from ._messages import (
     AssistantMessage,
     Message,
@@ -39,6 +43,15 @@ from ._messages import (
     Usage,
     UserMessage,
 )
+from ._policies import (
+    LIMIT_STOP_REASONS,
+    IterationPolicy,
+    TurnGuard,
+    limit_hook,
+    limit_text,
+    with_note,
+)
+from ._replay import events_to_persist
 from ._retry import retry_delay
 from ._stream import StreamState, assemble, reduce_stream
 from ._tools import run_tool_call
@@ -62,17 +75,6 @@ class OnProgress(Protocol):
     def __call__(self, content: str, *, tool_hint: bool = False) -> Awaitable[None]: ...
 
 
-class IterationPolicy(Protocol):
-    """Decides, before each model call, whether the turn goes on.
-
-    ``iteration`` is the number of model replies so far; ``tool_calls`` every tool
-    call of the turn so far, with its arguments. Returning ``False`` ends the turn
-    with ``stop_reason="policy"``. The agent's ``max_steps`` stays a hard limit.
-    """
-
-    async def should_continue(self, iteration: int, tool_calls: Sequence[ToolCall]) -> bool: ...
-
-
 class TurnResult(msgspec.Struct, frozen=True, kw_only=True):
     """What one turn produced.
 
@@ -92,9 +94,23 @@ class TurnResult(msgspec.Struct, frozen=True, kw_only=True):
     turn_id: str
 
 
-current_turn_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "trurn_current_turn_id", default=None
-)
+class TurnControl:
+    """What :meth:`trurn.Agent.cancel` reaches in a running turn: its cancel scope
+    (``mode="now"``) and a flag read at each step boundary (``mode="after_turn"``)."""
+
+    __slots__ = ("reason", "scope", "stop_requested")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.stop_requested = False
+        self.reason: str | None = None
+
+    def cancel(self, *, now: bool, reason: str | None) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.stop_requested = True
+        if now:
+            self.scope.cancel()
 
 
 async def play_turn(
@@ -104,97 +120,259 @@ async def play_turn(
     *,
     on_event: OnEvent | None = None,
     on_progress: OnProgress | None = None,
+    steering: Inbox | None = None,
 ) -> TurnResult:
-    """Run one turn of ``agent`` on ``context``; see :meth:`trurn.Agent.run_turn`."""
+    """Run one turn of ``agent`` on ``context``; see :meth:`trurn.Agent.run_turn`.
+
+    ``steering`` (given by :meth:`trurn.Agent.serve`) is where messages sent with
+    ``steer=True`` wait; the turn adds them to the history before each model call.
+    """
     if context._busy:
         raise RuntimeError("a turn is already running on this context")
+    check_open(context)
+    turn = _Turn(agent, context, on_event, steering)
+    finished = False
+    context._busy = True
+    agent._turns[turn.id] = turn.control
+    token = _current_turn.set(turn.lineage)
+    try:
+        # Cancelled by agent.cancel(mode="now"), and by the emitter if ``on_event`` raises
+        # (that error is re-raised below).
+        with turn.emit.scope:
+            await turn.begin(message)
+            stop_reason = "max_iterations"
+            for iteration in range(agent.max_steps):
+                reason = await turn.stop_before_request(iteration)
+                if reason is None:
+                    reason = await turn.step(iteration, on_progress)
+                if reason is not None:
+                    stop_reason = reason
+                    break
+            result = await turn.finish(stop_reason)
+            finished = True
+            await context.flush()  # the turn_finished record, with persist_events
+        if turn.emit.callback_error is not None:
+            raise turn.emit.callback_error
+        if not finished:  # agent.cancel(mode="now") cancelled the scope
+            await _abort(context, turn.emit, "cancelled", turn.usage, message=turn.control.reason)
+            finished = True
+            result = turn.result("aborted")
+    except BaseException as exc:
+        if not finished:  # a turn that already announced its end is not aborted after it
+            await _abort(context, turn.emit, _abort_reason(exc), turn.usage, error=exc)
+        raise
+    finally:
+        _current_turn.reset(token)
+        context._busy = False
+        del agent._turns[turn.id]
+    return result
+
+
+def check_open(context: Context) -> None:
+    """Raise ``RuntimeError`` if ``context`` has a session file that is not open."""
     if context.path is not None and not context.is_open:
         raise RuntimeError(
             f"{context.path} is not open: use 'async with Context(path) as context' "
             "(or await context.restore()) before running a turn on it"
         )
-    # A restored session continues its seq numbers, so records of old and new turns
-    # never share one (a subscriber resuming from a seq relies on that).
-    agent._seq = max(agent._seq, context.last_seq)
-    turn_id = "turn_" + secrets.token_hex(8)
-    emit = _Emitter(agent, turn_id, on_event)
-    start = len(context.messages)
-    usage = Usage()
-    tool_calls: list[ToolCall] = []
-    stop_reason = "max_iterations"
 
-    finished = False
-    context._busy = True
-    parent_turn_id = current_turn_id.get()
-    token = current_turn_id.set(turn_id)
-    try:
-        # The emitter cancels this scope if ``on_event`` raises; the error is re-raised below.
-        with emit.scope:
-            await emit([events.TurnStarted(input=message, parent_turn_id=parent_turn_id)])
-            context.mark_turn_start(turn_id, parent_turn_id, seq=agent._seq)
-            context.append(UserMessage(message), seq=agent._seq)
-            await context.flush()
-            for iteration in range(agent.max_steps):
-                policy = agent.iteration_policy
-                if policy is not None and not await policy.should_continue(iteration, tool_calls):
-                    stop_reason = "policy"
-                    break
 
-                reply = await _stream_reply(agent, context, emit, step=iteration + 1)
-                if reply.usage is not None:
-                    usage += reply.usage
-                tool_calls.extend(reply.tool_calls)
+class _Turn:
+    """One turn's state and its steps; :func:`play_turn` drives it and handles its end.
 
-                if reply.finish_reason == "length" or reply.finish_reason == "content_filter":
-                    # A cut-off reply's tool calls may be truncated: do not run them.
-                    closed = context.close_tool_calls(
-                        "error", f"Not run: the reply was cut off ({reply.finish_reason})."
-                    )
-                    if closed:
-                        await emit([_exit_event(result) for result in closed])
-                    stop_reason = reply.finish_reason
-                    break
-                if reply.finish_reason == "pause_turn" and not reply.tool_calls:
-                    continue  # the provider paused a long server-side step: send it back
-                if not reply.tool_calls:
-                    stop_reason = "completed"
-                    break
+    Each step method returns a stop reason to end the turn, or ``None`` to go on.
+    """
 
-                if on_progress is not None:
-                    await _report_progress(on_progress, reply)
-                await _run_tools(agent, context, emit, reply.tool_calls)
-                await context.flush()
+    def __init__(
+        self, agent: Agent, context: Context, on_event: OnEvent | None, steering: Inbox | None
+    ) -> None:
+        self.id = "turn_" + secrets.token_hex(8)
+        self.lineage = lineage_for(self.id, _current_turn.get(), max_depth=agent.max_depth)
+        # A restored session continues its seq numbers, so records of old and new turns
+        # never share one (a subscriber resuming from a seq relies on that).
+        agent._seq = max(agent._seq, context.last_seq)
+        self.agent = agent
+        self.context = context
+        self.emit = _Emitter(agent, self.id, on_event, context)
+        self.hooks = HookRunner(agent.hooks, self.emit, agent.hook_timeout)
+        self.control = TurnControl(self.emit.scope)
+        self.guard = TurnGuard(
+            loop_detection=agent.loop_detection, max_turn_tokens=agent.max_turn_tokens
+        )
+        self.steering = steering
+        self.start = len(context.messages)
+        self.usage = Usage()
+        self.tool_calls: list[ToolCall] = []
+        self.replies = 0
 
-            new_messages = list(context.messages[start:])
-            text = _last_text(new_messages)
-            # Durable before announced: the turn's records reach the disk (per the
-            # context's fsync policy) before subscribers hear it finished.
-            context.mark_turn_end(turn_id, stop_reason, usage, seq=agent._seq)
-            await context.sync()
-            await emit([events.TurnFinished(stop_reason=stop_reason, usage=usage, text=text)])
-            finished = True
-        if emit.callback_error is not None:
-            raise emit.callback_error
-    except BaseException as exc:
-        if not finished:  # a turn that already announced its end is not aborted after it
-            await _abort(context, emit, exc, usage)
-        raise
-    finally:
-        current_turn_id.reset(token)
-        context._busy = False
+    async def begin(self, message: str) -> None:
+        """Announce the turn and add the user's message to the history."""
+        lineage = self.lineage
+        started = events.TurnStarted(
+            input=message,
+            parent_turn_id=lineage.parent_turn_id,
+            root_turn_id=lineage.root_turn_id,
+            depth=lineage.depth,
+            chain=list(lineage.chain),
+        )
+        await self.emit([started])
+        self.context.mark_turn_start(lineage, seq=self.emit.last_seq)
+        self.context.append(UserMessage(message), seq=self.emit.last_seq)
+        await self.context.flush()
 
-    return TurnResult(
-        text=text,
-        tool_calls=tool_calls,
-        messages=new_messages,
-        usage=usage,
-        stop_reason=stop_reason,
-        turn_id=turn_id,
+    async def stop_before_request(self, iteration: int) -> str | None:
+        """Before a model call: a cancel asked for after the step, steering messages,
+        the token budget and the iteration policy."""
+        if self.control.stop_requested:  # agent.cancel(mode="after_turn")
+            await self.emit([events.RunAborted(reason="cancelled", message=self.control.reason)])
+            return "aborted"
+        if self.steering is not None:
+            for text in self.steering.take_steering():
+                self.context.append(UserMessage(text), seq=self.emit.last_seq)
+                await self.emit([events.UserInjected(text=text)])
+        budget = self.guard.before_request(self.usage)
+        if budget.stop_reason is not None:
+            return budget.stop_reason
+        policy = self.agent.iteration_policy
+        if policy is not None and not await policy.should_continue(iteration, self.tool_calls):
+            return "policy"
+        return None
+
+    async def step(self, iteration: int, on_progress: OnProgress | None) -> str | None:
+        """One model reply, then the tool calls it asks for."""
+        agent, context, emit = self.agent, self.context, self.emit
+        reply = await _next_reply(agent, context, emit, self.hooks, step=iteration + 1)
+        self.replies += 1
+        if reply.usage is not None:
+            self.usage += reply.usage
+        self.tool_calls.extend(reply.tool_calls)
+
+        if reply.finish_reason == "length" or reply.finish_reason == "content_filter":
+            # A cut-off reply's tool calls may be truncated: do not run them.
+            note = f"Not run: the reply was cut off ({reply.finish_reason})."
+            await self._close_calls(note)
+            return reply.finish_reason
+        if reply.finish_reason == "pause_turn" and not reply.tool_calls:
+            return None  # the provider paused a long server-side step: send it back
+        if not reply.tool_calls:
+            follow_up = await self.hooks.before_finish(reply.content)
+            if follow_up is None:
+                return "completed"
+            if iteration + 1 == agent.max_steps:
+                return "max_iterations"  # no step left to send the model back to
+            context.append(UserMessage(follow_up), seq=emit.last_seq)
+            await emit([events.UserInjected(text=follow_up)])
+            return None
+
+        verdict = self.guard.after_reply(reply)
+        if verdict.action == "stop":  # the model is looping: its calls do not run
+            assert verdict.note is not None
+            await self._close_calls(verdict.note)
+            return verdict.stop_reason
+        if on_progress is not None:
+            await _report_progress(on_progress, reply)
+        await _run_tools(agent, context, emit, self.hooks, reply.tool_calls, note=verdict.note)
+        await context.flush()
+        return None
+
+    async def _close_calls(self, note: str) -> None:
+        """Give the reply's calls a result saying why they did not run."""
+        closed = self.context.close_tool_calls("error", note, seq=self.emit.last_seq)
+        if closed:
+            await self.emit([_exit_event(result) for result in closed])
+
+    def result(self, stop_reason: str, text: str | None = None) -> TurnResult:
+        new_messages = list(self.context.messages[self.start :])
+        return TurnResult(
+            text=text if text is not None else _last_text(new_messages),
+            tool_calls=self.tool_calls,
+            messages=new_messages,
+            usage=self.usage,
+            stop_reason=stop_reason,
+            turn_id=self.id,
+        )
+
+    async def finish(self, stop_reason: str) -> TurnResult:
+        """End the turn: the policy's last word, hooks, durable records, ``turn_finished``."""
+        text = None
+        on_limit = limit_hook(self.agent.iteration_policy)
+        if on_limit is not None and stop_reason in LIMIT_STOP_REASONS:
+            text = limit_text(await on_limit(self.replies, self.tool_calls, stop_reason))
+        result = self.result(stop_reason, text)
+        await self.hooks.on_turn_end(result)
+        # Durable before announced: the turn's records reach the disk (per the
+        # context's fsync policy) before subscribers hear it finished.
+        self.context.mark_turn_end(self.id, stop_reason, self.usage, seq=self.emit.last_seq)
+        await self.context.sync()
+        finished = events.TurnFinished(stop_reason=stop_reason, usage=self.usage, text=result.text)
+        await self.emit([finished])
+        return result
+
+
+async def _next_reply(
+    agent: Agent, context: Context, emit: _Emitter, hooks: HookRunner, *, step: int
+) -> AssistantMessage:
+    """The next model reply, the history compacted first if it has grown too large.
+
+    With ``agent.compactor`` set, a request estimated over its threshold is compacted
+    before it is sent, and one the provider rejects as too long for its context window
+    is compacted and sent once more (if there is anything left to compact).
+    """
+    compactor = agent.compactor
+    if compactor is None:
+        return await _stream_reply(agent, context, emit, hooks, step=step)
+    estimate = estimate_tokens(
+        context.prompt_messages(),
+        last_usage=context.usage_since_compaction(),
+        chars_per_token=compactor.chars_per_token,
     )
+    if compactor.over_threshold(estimate):
+        await _compact(compactor, context, emit, "threshold", estimate)
+    try:
+        return await _stream_reply(agent, context, emit, hooks, step=step)
+    except ContextOverflowError:
+        if not await _compact(compactor, context, emit, "overflow", estimate):
+            raise
+    return await _stream_reply(agent, context, emit, hooks, step=step)
+
+
+async def _compact(
+    compactor: Compactor,
+    context: Context,
+    emit: _Emitter,
+    reason: Literal["threshold", "overflow"],
+    estimate: int,
+) -> bool:
+    """Summarise the older part of the history and send the summary in its place.
+
+    Returns whether it did. Nothing to compact (see
+    :func:`~trurn._compaction.plan_compaction`) or a summariser that fails (an
+    ``error`` event says why) leaves the history as it was; the turn goes on.
+    """
+    plan = plan_compaction(
+        context.messages, keep_recent=compactor.keep_recent, previous=context.compaction
+    )
+    if plan is None:
+        return False
+    await emit([events.CompactionStarted(reason=reason, estimated_tokens=estimate)])
+    assert compactor.policy is not None  # the agent binds a default policy
+    try:
+        summary = await compactor.policy.summarise(plan)
+    except Exception as exc:
+        message = f"compaction failed: {_describe(exc)}"
+        await emit([events.Error(message=message, error_type=type(exc).__name__)])
+        return False
+    context.compact(summary, plan.first_kept, plan.user_intent, seq=emit.last_seq)
+    compacted = events.Compacted(
+        summary=summary, first_kept=plan.first_kept, summarised=len(plan.to_summarise)
+    )
+    await emit([compacted])
+    await context.flush()
+    return True
 
 
 async def _stream_reply(
-    agent: Agent, context: Context, emit: _Emitter, *, step: int
+    agent: Agent, context: Context, emit: _Emitter, hooks: HookRunner, *, step: int
 ) -> AssistantMessage:
     """Stream one model reply, publishing its events; append it to the history.
 
@@ -204,7 +382,10 @@ async def _stream_reply(
     that arrived is kept in the history as an aborted reply (without its unfinished
     tool calls) and the error is raised.
     """
-    request = _build_request(agent, context)
+    messages = context.prompt_messages()
+    if hooks.has("before_request"):
+        messages = await hooks.before_request(messages)
+    request = _build_request(agent, messages)
     attempt = 0
     while True:
         attempt += 1
@@ -259,10 +440,9 @@ async def _keep_partial(context: Context, emit: _Emitter, state: StreamState) ->
     await emit.final([events.AssistantFinal(message=partial)])
 
 
-def _build_request(agent: Agent, context: Context) -> Request:
-    messages: list[Message] = list(context.messages)
+def _build_request(agent: Agent, messages: list[Message]) -> Request:
     if agent.system:
-        messages.insert(0, SystemMessage(agent.system))
+        messages = [SystemMessage(agent.system), *messages]
     return Request(
         messages=messages,
         tools=agent.tool_specs,
@@ -279,20 +459,54 @@ def _build_request(agent: Agent, context: Context) -> Request:
 
 
 async def _run_tools(
-    agent: Agent, context: Context, emit: _Emitter, calls: Sequence[ToolCall]
+    agent: Agent,
+    context: Context,
+    emit: _Emitter,
+    hooks: HookRunner,
+    calls: Sequence[ToolCall],
+    *,
+    note: str | None = None,
 ) -> None:
     """Run one reply's tool calls concurrently (at most ``agent.max_concurrent_tools``
     at once) and append their results in call order, the finished ones even when the
-    batch is cancelled."""
+    batch is cancelled. ``before_tool`` hooks may change a call's arguments (its result
+    then records them) or block it; ``after_tool`` hooks see every result. ``note`` (a
+    loop warning) is appended to the last result, which the model reads last."""
     results: list[ToolMessage | None] = [None] * len(calls)
     limiter = trio.CapacityLimiter(agent.max_concurrent_tools)
 
-    async def run_one(position: int, call: ToolCall) -> None:
-        def record(result: ToolMessage) -> None:
-            results[position] = result
-
+    async def run_one(position: int, asked: ToolCall) -> None:
         async with limiter:
-            await run_tool_call(call, agent.tools, emit, record)
+            call = await hooks.before_tool(asked)
+            if isinstance(call, Block):
+                result = ToolMessage(
+                    tool_call_id=asked.id,
+                    name=asked.name,
+                    content=f"Blocked: {call.reason}",
+                    status="denied",
+                )
+                results[position] = result
+                # Announced like any refused call: tool_call, then its tool_exit.
+                await emit([events.ToolCallStarted(call=asked), _exit_event(result)])
+                await hooks.after_tool(asked, result)
+                return
+
+            def record(result: ToolMessage) -> None:
+                if call is not asked:
+                    result = msgspec.structs.replace(result, arguments=call.arguments)
+                results[position] = result
+
+            await run_tool_call(
+                call,
+                agent.tools,
+                emit,
+                record,
+                approvals=agent._approvals,
+                tool_timeout=agent.tool_timeout,
+            )
+            recorded = results[position]  # what the history holds (with a rewrite's arguments)
+            assert recorded is not None
+            await hooks.after_tool(call, recorded)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -307,7 +521,8 @@ async def _run_tools(
             raise fatal.exceptions[0] from None
         raise
     finally:
-        context.extend((result for result in results if result is not None), seq=emit.last_seq)
+        finished = [result for result in results if result is not None]
+        context.extend(with_note(finished, note) if note else finished, seq=emit.last_seq)
 
 
 async def _report_progress(on_progress: OnProgress, reply: AssistantMessage) -> None:
@@ -326,26 +541,38 @@ def _tool_hint(call: ToolCall) -> str:
     return f'{call.name}("{first}")'
 
 
-async def _abort(context: Context, emit: _Emitter, exc: BaseException, usage: Usage) -> None:
+async def _abort(
+    context: Context,
+    emit: _Emitter,
+    reason: str,
+    usage: Usage,
+    *,
+    error: BaseException | None = None,
+    message: str | None = None,
+) -> None:
     """Leave a valid history and the closing events after a cancel or an error.
 
-    The history is repaired first (synchronously), so nothing the callbacks do here can
-    leave a tool call without a result.
+    ``reason`` is what :func:`_abort_reason` says (``"cancelled"``, ``"interrupted"``,
+    ``"error"``); ``error`` the exception that ended the turn, ``message`` the reason
+    given to :meth:`~trurn.Agent.cancel`. The history is repaired first
+    (synchronously), so nothing the callbacks do here can leave a tool call without a
+    result.
     """
-    reason = _abort_reason(exc)
     status: ToolStatus
     if reason == "error":
-        status, content = "error", f"Not run: the turn stopped on an error ({_describe(exc)})."
+        assert error is not None
+        status, content = "error", f"Not run: the turn stopped on an error ({_describe(error)})."
     else:
         status, content = "cancelled", f"Cancelled: the turn was {reason}."
     closing: list[events.BaseEvent] = []
     if reason == "error":
-        closing.append(events.Error(message=_describe(exc), error_type=type(exc).__name__))
+        assert error is not None
+        closing.append(events.Error(message=_describe(error), error_type=type(error).__name__))
     seq = emit.last_seq
     closing.extend(
         _exit_event(result) for result in context.close_tool_calls(status, content, seq=seq)
     )
-    closing.append(events.RunAborted(reason=reason))
+    closing.append(events.RunAborted(reason=reason, message=message))
     stop_reason = "error" if reason == "error" else "aborted"
     closing.append(events.TurnFinished(stop_reason=stop_reason, usage=usage))
     context.mark_turn_end(emit.turn_id, stop_reason, usage, seq=seq)
@@ -357,6 +584,11 @@ async def _abort(context: Context, emit: _Emitter, exc: BaseException, usage: Us
             # writes them; the error that ended the turn is the one to raise.
             pass
     await emit.final(closing)
+    with trio.CancelScope(shield=True):
+        try:
+            await context.flush()  # the closing events' records, with persist_events
+        except Exception:
+            pass  # still pending: the next flush or aclose writes them
 
 
 def _abort_reason(exc: BaseException) -> str:
@@ -410,12 +642,15 @@ class _Emitter:
     callback ends the turn instead of turning into a tool result the model reads.
     """
 
-    __slots__ = ("_agent", "_on_event", "_turn_id", "callback_error", "scope")
+    __slots__ = ("_agent", "_context", "_on_event", "_turn_id", "callback_error", "scope")
 
-    def __init__(self, agent: Agent, turn_id: str, on_event: OnEvent | None) -> None:
+    def __init__(
+        self, agent: Agent, turn_id: str, on_event: OnEvent | None, context: Context
+    ) -> None:
         self._agent = agent
         self._turn_id = turn_id
         self._on_event = on_event
+        self._context = context
         self.scope = trio.CancelScope()
         self.callback_error: Exception | None = None
 
@@ -437,6 +672,8 @@ class _Emitter:
             event.seq = seq
             event.turn_id = turn_id
         agent._seq = seq
+        if agent._persisted:  # Agent(persist_events=...): the session keeps these events
+            self._context.record_events(events_to_persist(agent._persisted, batch))
 
     async def _call_back(self, batch: Sequence[events.BaseEvent]) -> None:
         on_event = self._on_event

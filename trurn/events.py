@@ -10,10 +10,17 @@ Order of one turn::
     turn_started
       message_sent, (assistant_reasoning_delta | assistant_delta | tool_call_delta)*,
       assistant_final                                    -- once per model reply
-      (tool_call, tool_output*, tool_exit)*              -- per tool call, error on failure
+      (tool_call, [approval_request, approval_answered],
+       (tool_output | choice_request | choice_answered)*,
+       tool_exit)*                                       -- per tool call, error on failure
       ... repeated while the model asks for tools ...
     [run_aborted]                                        -- cancelled, or a fatal error
     turn_finished                                        -- always last
+
+An ``approval_request`` or ``choice_request`` stays open until its ``*_answered`` event,
+or until the ``tool_exit`` of its tool call (a cancelled or timed-out call drops its
+requests, and the agent then refuses answers to them as expired), or the end of the
+turn. A UI can close its prompt on whichever comes first.
 """
 
 from __future__ import annotations
@@ -25,12 +32,16 @@ import msgspec
 from ._messages import AssistantMessage, ToolCall, ToolStatus, Usage
 
 __all__ = [
+    "ApprovalAnswered",
     "ApprovalRequest",
     "AssistantDelta",
     "AssistantFinal",
     "AssistantReasoningDelta",
     "BaseEvent",
+    "ChoiceAnswered",
     "ChoiceRequest",
+    "Compacted",
+    "CompactionStarted",
     "Error",
     "Event",
     "EventsDropped",
@@ -44,6 +55,7 @@ __all__ = [
     "ToolOutput",
     "TurnFinished",
     "TurnStarted",
+    "UserInjected",
     "decode",
     "encode",
 ]
@@ -57,10 +69,18 @@ class BaseEvent(msgspec.Struct, tag_field="type", kw_only=True):
 
 
 class TurnStarted(BaseEvent, tag="turn_started"):
-    """A turn began with this user input."""
+    """A turn began with this user input.
+
+    A turn started from inside another turn's tool (a subagent) names its parent,
+    the top-level turn it runs under, its ``depth`` (0 at the top) and the ``chain``
+    of turn ids from the root down to itself.
+    """
 
     input: str
     parent_turn_id: str | None = None
+    root_turn_id: str = ""
+    depth: int = 0
+    chain: list[str] = msgspec.field(default_factory=list)
 
 
 class MessageSent(BaseEvent, tag="message_sent"):
@@ -127,10 +147,38 @@ class Retrying(BaseEvent, tag="retry"):
     message: str
 
 
+class CompactionStarted(BaseEvent, tag="compaction_started"):
+    """The history is about to be compacted before the next model call.
+
+    ``reason`` is ``"threshold"`` (the next request was estimated at
+    ``estimated_tokens``, over the agent's threshold) or ``"overflow"`` (the provider
+    rejected the request as too long for its context window).
+    """
+
+    reason: Literal["threshold", "overflow"]
+    estimated_tokens: int
+
+
+class Compacted(BaseEvent, tag="compaction"):
+    """The older part of the history was replaced, in what the model is sent, by
+    ``summary``; the session file keeps every message. ``first_kept`` is the index of
+    the first message still sent verbatim, ``summarised`` how many messages the
+    summary covers."""
+
+    summary: str
+    first_kept: int
+    summarised: int
+
+
 class ToolCallStarted(BaseEvent, tag="tool_call"):
-    """A tool call is about to run (its arguments are complete)."""
+    """A tool call is about to run (its arguments are complete).
+
+    ``preview`` is the tool's own one-line description of what this call will do
+    (:meth:`trurn.BaseTool.preview`), for UIs; ``None`` when the tool gives none.
+    """
 
     call: ToolCall
+    preview: str | None = None
 
 
 class ToolOutput(BaseEvent, tag="tool_output"):
@@ -151,15 +199,40 @@ class ToolExit(BaseEvent, tag="tool_exit"):
 
 
 class ApprovalRequest(BaseEvent, tag="approval_request"):
-    """A tool call waits for approval; answer it with the agent, by ``request_id``."""
+    """A tool call waits for approval: answer with ``agent.respond(request_id, ...)``.
+
+    ``call`` is the call (its id, tool name and arguments) and ``preview`` the tool's
+    description of it. ``reason``, ``reasons`` and ``metadata`` come from the tool's
+    precheck (its message, its reasons, anything else it wants shown); they are empty
+    when only the agent's ``require_approval`` asked.
+    """
 
     request_id: str
     call: ToolCall
+    preview: str | None = None
+    reason: str | None = None
+    reasons: list[str] = []
+    metadata: dict[str, Any] = {}
+
+
+class ApprovalAnswered(BaseEvent, tag="approval_answered"):
+    """Approval request ``request_id`` got its answer.
+
+    ``by`` is ``"approver"`` (the agent's callback) or ``"respond"`` (``agent.respond``).
+    ``reason`` is the denial's reason; when the approver failed, the call is denied
+    and ``reason`` says how it failed.
+    """
+
+    request_id: str
+    tool_call_id: str
+    approved: bool
+    by: str
     reason: str | None = None
 
 
 class ChoiceRequest(BaseEvent, tag="choice_request"):
-    """A tool asks the user to pick one of ``choices``; answer by ``request_id``."""
+    """A tool asks the user to pick one of ``choices``: answer with
+    ``agent.respond_choice(request_id, choice)``."""
 
     request_id: str
     tool_call_id: str
@@ -168,10 +241,33 @@ class ChoiceRequest(BaseEvent, tag="choice_request"):
     hint: str | None = None
 
 
+class ChoiceAnswered(BaseEvent, tag="choice_answered"):
+    """Choice request ``request_id`` got its answer.
+
+    ``by`` is ``"chooser"`` (the agent's callback) or ``"respond"``
+    (``agent.respond_choice``). ``choice`` is ``None`` when the chooser failed; the
+    tool then gets a :class:`~trurn.ToolError` instead of a choice.
+    """
+
+    request_id: str
+    tool_call_id: str
+    choice: str | None
+    by: str
+
+
 class RunAborted(BaseEvent, tag="run_aborted"):
-    """The turn stopped early: ``reason`` is ``"cancelled"`` or ``"error"``."""
+    """The turn stopped early: ``reason`` is ``"cancelled"``, ``"interrupted"``
+    (KeyboardInterrupt) or ``"error"``; ``message`` is the reason given to
+    :meth:`~trurn.Agent.cancel`, if any."""
 
     reason: str
+    message: str | None = None
+
+
+class UserInjected(BaseEvent, tag="user_message"):
+    """A message sent with ``steer=True`` joined the running turn before a model call."""
+
+    text: str
 
 
 class Error(BaseEvent, tag="error"):
@@ -216,9 +312,14 @@ Event = (
     | ToolOutput
     | ToolExit
     | ApprovalRequest
+    | ApprovalAnswered
     | ChoiceRequest
+    | ChoiceAnswered
     | Retrying
+    | CompactionStarted
+    | Compacted
     | RunAborted
+    | UserInjected
     | Error
     | EventsDropped
     | TurnFinished
