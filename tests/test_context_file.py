@@ -556,3 +556,43 @@ async def test_a_process_killed_mid_append_loses_no_acknowledged_turn(tmp_path: 
             ], (number, turn)
         ends = [r for r in (await read_journal(path)).records if isinstance(r, TurnEnd)]
         assert [e.stop_reason for e in ends[:turns]] == ["completed"] * turns
+
+
+class CancelledAtTheEnd(trurn.Context):
+    """A session whose end-of-turn sync is where the caller's cancel lands, before or
+    after the records (the end marker among them) are handed to the writer."""
+
+    scope: trio.CancelScope | None = None
+    after_handover = False
+
+    async def sync(self) -> None:
+        if self.scope is not None and self._open_turn is not None:
+            if self.after_handover:
+                await self.flush()  # inside ``async with``: hands over, does not wait
+            self.scope.cancel()
+        await super().sync()
+
+
+@pytest.mark.parametrize(
+    ("after_handover", "stop_reason"), [(True, "completed"), (False, "aborted")]
+)
+async def test_a_cancel_during_the_final_sync_reports_what_the_file_says(
+    tmp_path: Path, after_handover: bool, stop_reason: str
+) -> None:
+    path = tmp_path / "s.jsonl"
+    seen: list[events.Event] = []
+    agent = trurn.Agent(FakeProvider([text_reply("done")]))
+    async with CancelledAtTheEnd(path) as context:
+        context.after_handover = after_handover
+        with trio.CancelScope() as scope:
+            context.scope = scope
+            await agent.run_turn(context, "hi", on_event=seen.append)
+        assert scope.cancelled_caught
+        context.scope = None
+    # Once the end marker is with the writer, the file will say the turn completed,
+    # and so do the events; before that, both say it was aborted.
+    ends = [r for r in (await read_journal(path)).records if isinstance(r, TurnEnd)]
+    assert [end.stop_reason for end in ends] == [stop_reason]
+    finished = [e for e in seen if isinstance(e, events.TurnFinished)]
+    assert [e.stop_reason for e in finished] == [stop_reason]
+    assert any(isinstance(e, events.RunAborted) for e in seen) == (stop_reason == "aborted")

@@ -9,6 +9,9 @@ import trurn.testing
 
 PUBLIC = {
     "Agent",
+    "PendingCall",
+    "get_tool_call_delta",
+    "get_tool_call_deltas",
     "ApprovalDecision",
     "ApprovalPolicy",
     "Approver",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -644,6 +645,44 @@ async def test_cancel_now_mid_tool_gives_cancelled_results(
     assert of_type(seen, events.TurnFinished)[0].usage.total_tokens == 15
     assert provider.open_streams == 0
     assert_valid(context.messages)
+
+
+async def test_cancel_now_abandons_a_sync_tool_that_ignores_cancellation(
+    watchdog: None,
+) -> None:
+    started = trio.Event()
+    release = threading.Event()
+    finished = threading.Event()
+
+    @trurn.tool
+    def stubborn() -> str:
+        """Blocks in its thread; cancellation cannot reach it."""
+        trio.from_thread.run_sync(started.set)
+        release.wait(10)
+        finished.set()
+        return "too late"
+
+    provider = FakeProvider([tool_reply(("s1", "stubborn", "{}"))])
+    agent = trurn.Agent(provider, tools=[stubborn])
+    context = trurn.Context()
+    results: list[trurn.TurnResult] = []
+
+    async def turn() -> None:
+        results.append(await agent.run_turn(context, "Go"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(turn)
+        await started.wait()
+        agent.cancel("now", reason="stop waiting")
+    # The turn ended while the thread still runs: its result is "cancelled".
+    assert not finished.is_set()
+    [result] = results
+    assert result.stop_reason == "aborted"
+    [tool_result] = [m for m in context.messages if isinstance(m, ToolMessage)]
+    assert tool_result.status == "cancelled"
+    assert unanswered_tool_calls(context.messages) == []
+    release.set()
+    assert await trio.to_thread.run_sync(finished.wait, 10)
 
 
 async def test_cancel_now_mid_tool_in_a_session_file(tmp_path: Path, watchdog: None) -> None:

@@ -707,3 +707,36 @@ async def test_a_callback_failing_on_the_last_event_does_not_end_the_turn_twice(
     tags = [e.__struct_config__.tag for e in seen]
     assert tags.count("turn_finished") == 1
     assert "run_aborted" not in tags
+
+
+# --- OTURN's tool-call delta accessors ----------------------------------------------------
+
+
+async def test_tool_call_deltas_show_the_calls_as_they_stream() -> None:
+    streaming = [
+        [ToolCallDelta(index=0, id="c1", name="get_weather")],
+        [ToolCallDelta(index=0, arguments='{"city": ')],
+        [ToolCallDelta(index=0, arguments='"Oslo"}')],
+        [Finish("tool_calls")],
+    ]
+    provider = FakeProvider([streaming, text_reply("Sunny.")])
+    context = trurn.Context()
+    assert trurn.get_tool_call_deltas(context) == []
+    seen_arguments: list[str] = []
+
+    def watch(event: events.Event) -> None:
+        if isinstance(event, events.ToolCallDelta):
+            progress = trurn.get_tool_call_delta(context, "c1")
+            assert progress is not None
+            assert trurn.get_tool_call_delta(context, 0) == progress
+            seen_arguments.append(progress.arguments)
+        if isinstance(event, events.ToolCallStarted):
+            # The reply is complete: its calls stay readable while the tools run.
+            [done] = trurn.get_tool_call_deltas(context)
+            assert (done.name, done.arguments) == ("get_weather", '{"city": "Oslo"}')
+
+    await trurn.Agent(provider, tools=[get_weather]).run_turn(context, "x", on_event=watch)
+    assert seen_arguments == ["", '{"city": ', '{"city": "Oslo"}']
+    # The next reply (text only) reset them.
+    assert trurn.get_tool_call_deltas(context) == []
+    assert trurn.get_tool_call_delta(context, "c1") is None

@@ -26,6 +26,8 @@ from ._compaction import TruncationPolicy as TruncationPolicy
 from ._context import Context as Context
 from ._context import get_last_total_tokens as get_last_total_tokens
 from ._context import get_last_usage as get_last_usage
+from ._context import get_tool_call_delta as get_tool_call_delta
+from ._context import get_tool_call_deltas as get_tool_call_deltas
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import BadRequestError as BadRequestError
 from ._errors import ConfigurationError as ConfigurationError
@@ -76,6 +78,7 @@ from ._policies import LoopDetection as LoopDetection
 from ._retry import RetryPolicy as RetryPolicy
 from ._store import SessionInfo as SessionInfo
 from ._store import SessionStore as SessionStore
+from ._stream import PendingCall as PendingCall
 from ._tools import BaseTool as BaseTool
 from ._tools import FunctionTool as FunctionTool
 from ._tools import ToolContext as ToolContext
@@ -118,6 +121,7 @@ __all__ = [
     "OnEvent",
     "OnProgress",
     "OverloadedError",
+    "PendingCall",
     "PermissionDeniedError",
     "Precheck",
     "ProviderConnectionError",
@@ -161,6 +165,8 @@ __all__ = [
     "events",
     "get_last_total_tokens",
     "get_last_usage",
+    "get_tool_call_delta",
+    "get_tool_call_deltas",
     "open_agent",
     "providers",
     "run_turn",

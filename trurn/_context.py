@@ -43,6 +43,7 @@ from ._records import (
     TurnStart,
     check_message,
 )
+from ._stream import PendingCall, StreamState
 from .events import Event
 
 if sys.version_info < (3, 11):
@@ -53,6 +54,8 @@ __all__ = [
     "SessionRecoveryWarning",
     "get_last_total_tokens",
     "get_last_usage",
+    "get_tool_call_delta",
+    "get_tool_call_deltas",
     "unanswered_tool_calls",
 ]
 
@@ -120,10 +123,12 @@ class Context:
         self._pending: list[Record] = []
         self._busy = False
         self._open_turn: str | None = None  # the turn started and not yet ended in the file
+        self._ended_turn: str | None = None  # the last turn whose end marker was handed over
         self.last_seq = 0
         """The highest event seq recorded in this session (restored from its file)."""
         self.torn_tail: bytes | None = None
         """The bytes of a last line a crash cut short, found and dropped by restore."""
+        self._streaming = StreamState()  # the reply being streamed, or the last one
         self._compaction: Compaction | None = None  # the newest compaction marker
         self._compacted_at = 0  # how many messages the history had when it was made
 
@@ -202,6 +207,11 @@ class Context:
         self._pending.append(
             TurnEnd(turn_id=turn_id, stop_reason=stop_reason, usage=usage, seq=seq)
         )
+
+    def turn_end_is_final(self, turn_id: str) -> bool:
+        """Whether the end marker of ``turn_id`` was handed to the file, so the file will
+        say how that turn ended whatever happens next (always ``False`` in memory)."""
+        return self._journal is not None and self._ended_turn == turn_id
 
     def record_events(self, events: Iterable[Event]) -> None:
         """Queue ``events`` as event records (written by the next :meth:`flush`; a
@@ -345,7 +355,7 @@ class Context:
         if turn is not None and any(
             isinstance(r, TurnEnd) and r.turn_id == turn for r in reversed(records)
         ):
-            self._open_turn = None
+            self._ended_turn, self._open_turn = turn, None
 
     async def sync(self) -> None:
         """Get every record added so far into the file and wait for it, fsynced unless
@@ -483,6 +493,21 @@ def unanswered_tool_calls(messages: Sequence[Message]) -> list[ToolCall]:
         else:
             return []
     return []
+
+
+def get_tool_call_deltas(context: Context) -> list[PendingCall]:
+    """The tool calls of the reply being streamed (or of the last reply), as far as
+    they have arrived: the provider's index, the id, the name and the arguments' JSON
+    text so far. Empty before the first reply; reset when the next reply starts."""
+    return list(context._streaming.calls)
+
+
+def get_tool_call_delta(context: Context, key: str | int) -> PendingCall | None:
+    """One of :func:`get_tool_call_deltas`, by tool call id (a str) or index (an int)."""
+    for call in context._streaming.calls:
+        if (call.id if isinstance(key, str) else call.index) == key:
+            return call
+    return None
 
 
 def get_last_usage(context: Context) -> Usage | None:

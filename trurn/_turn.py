@@ -158,7 +158,17 @@ async def play_turn(
             finished = True
             result = turn.result("aborted")
     except BaseException as exc:
-        if not finished:  # a turn that already announced its end is not aborted after it
+        if finished:  # a turn that already announced its end is not aborted after it
+            raise
+        if (
+            turn.ended is not None
+            and isinstance(exc, trio.Cancelled)
+            and context.turn_end_is_final(turn.id)
+        ):
+            # Cancelled at the very end, once the end marker went to the file: the
+            # events say what the file says.
+            await turn.emit.final([turn.ended])
+        else:
             await _abort(context, turn.emit, _abort_reason(exc), turn.usage, error=exc)
         raise
     finally:
@@ -204,6 +214,7 @@ class _Turn:
         self.usage = Usage()
         self.tool_calls: list[ToolCall] = []
         self.replies = 0
+        self.ended: events.TurnFinished | None = None  # once the end marker is handed over
 
     async def begin(self, message: str) -> None:
         """Announce the turn and add the user's message to the history."""
@@ -303,9 +314,11 @@ class _Turn:
         # Durable before announced: the turn's records reach the disk (per the
         # context's fsync policy) before subscribers hear it finished.
         self.context.mark_turn_end(self.id, stop_reason, self.usage, seq=self.emit.last_seq)
+        self.ended = events.TurnFinished(
+            stop_reason=stop_reason, usage=self.usage, text=result.text
+        )
         await self.context.sync()
-        finished = events.TurnFinished(stop_reason=stop_reason, usage=self.usage, text=result.text)
-        await self.emit([finished])
+        await self.emit([self.ended])
         return result
 
 
@@ -389,7 +402,7 @@ async def _stream_reply(
     attempt = 0
     while True:
         attempt += 1
-        state = StreamState()
+        state = context._streaming = StreamState()
         consumed = False
         try:
             async with agent.provider.stream(request) as batches:
@@ -402,6 +415,7 @@ async def _stream_reply(
                         transition = reduce_stream(state, chunk)
                         state = transition.state
                         published.extend(transition.events)
+                    context._streaming = state  # for get_tool_call_deltas()
                     if published:
                         await emit(published)
             break
