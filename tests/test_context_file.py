@@ -271,11 +271,13 @@ async def test_a_restored_session_continues_its_seq_numbers(tmp_path: Path) -> N
     first = (await read_journal(path)).records
     # A new process: a new agent, whose own seq starts from 0.
     async with trurn.Context(path) as context:
-        assert context.last_seq == max(r.seq for r in first)
+        restored_seq = context.last_seq
+        assert restored_seq == max(r.seq for r in first)
         seen: list[events.Event] = []
         agent = trurn.Agent(FakeProvider([text_reply("two")]))
         await agent.run_turn(context, "b", on_event=seen.append)
-    assert seen[0].seq == context.last_seq + 1
+    assert seen[0].seq == restored_seq + 1
+    assert context.last_seq == seen[-1].seq
     seqs = [r.seq for r in (await read_journal(path)).records[1:]]
     assert seqs == sorted(seqs)
 

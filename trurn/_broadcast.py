@@ -231,7 +231,8 @@ class Broadcast(Generic[T]):
         Cancellation while waiting for a ``"wait"`` subscriber: the events before the
         blocked one reached every subscriber; the blocked event reached every subscriber
         that had room for it (a full one never delays the others), but not the full
-        ``"wait"`` subscribers still owed it; the rest of the batch reached nobody.
+        ``"wait"`` subscribers still owed it, unless it is a final event: those get it
+        then as :meth:`publish_nowait` gives it; the rest of the batch reached nobody.
         Nothing is announced for these, as nothing was dropped by policy: the publisher
         stopped.
 
@@ -256,9 +257,17 @@ class Broadcast(Generic[T]):
                 published += 1
                 delivered_now, owed = self._fan_out(event, nowait=False)
                 delivered += delivered_now
-                for sub in owed or ():
-                    if await self._send_waiting(sub, event):
-                        delivered += 1
+                for position, sub in enumerate(owed or ()):
+                    try:
+                        if await self._send_waiting(sub, event):
+                            delivered += 1
+                    except trio.Cancelled:
+                        if owed is not None and self._is_final(event):
+                            # Some subscribers have it already: the rest get it too, as
+                            # publish_nowait would give it, so no one misses the end.
+                            for rest in owed[position:]:
+                                self._offer(rest, event, nowait=True)
+                        raise
         finally:
             self._published += published
             self._delivered += delivered

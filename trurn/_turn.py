@@ -1,6 +1,7 @@
 """The turn loop: one user message in, model replies and tool calls until an answer.
 
-Read :func:`play_turn` top to bottom; it is the whole turn::
+Read :func:`play_turn` top to bottom, then :class:`_Turn` (its steps); that is the
+whole turn::
 
     user message ─► request ─► stream reply ─► tool calls? ─► run them ─► results ─┐
                        ▲                         │ no                               │
@@ -154,20 +155,20 @@ async def play_turn(
         if turn.emit.callback_error is not None:
             raise turn.emit.callback_error
         if not finished:  # agent.cancel(mode="now") cancelled the scope
-            await _abort(context, turn.emit, "cancelled", turn.usage, message=turn.control.reason)
+            if turn.ended is not None and turn.end_is_decided():
+                await turn.announce_end()
+                result = turn.result(turn.ended.stop_reason)
+            else:
+                await _abort(
+                    context, turn.emit, "cancelled", turn.usage, message=turn.control.reason
+                )
+                result = turn.result("aborted")
             finished = True
-            result = turn.result("aborted")
     except BaseException as exc:
         if finished:  # a turn that already announced its end is not aborted after it
             raise
-        if (
-            turn.ended is not None
-            and isinstance(exc, trio.Cancelled)
-            and context.turn_end_is_final(turn.id)
-        ):
-            # Cancelled at the very end, once the end marker went to the file: the
-            # events say what the file says.
-            await turn.emit.final([turn.ended])
+        if isinstance(exc, trio.Cancelled) and turn.end_is_decided():
+            await turn.announce_end()
         else:
             await _abort(context, turn.emit, _abort_reason(exc), turn.usage, error=exc)
         raise
@@ -237,16 +238,18 @@ class _Turn:
         if self.control.stop_requested:  # agent.cancel(mode="after_turn")
             await self.emit([events.RunAborted(reason="cancelled", message=self.control.reason)])
             return "aborted"
-        if self.steering is not None:
-            for text in self.steering.take_steering():
-                self.context.append(UserMessage(text), seq=self.emit.last_seq)
-                await self.emit([events.UserInjected(text=text)])
         budget = self.guard.before_request(self.usage)
         if budget.stop_reason is not None:
             return budget.stop_reason
         policy = self.agent.iteration_policy
         if policy is not None and not await policy.should_continue(iteration, self.tool_calls):
             return "policy"
+        # Taken only once the turn goes on (else they wait for the next turn), and all
+        # added to the history before any is announced, so a cancel loses none.
+        texts = self.steering.take_steering() if self.steering is not None else []
+        if texts:
+            self.context.extend((UserMessage(text) for text in texts), seq=self.emit.last_seq)
+            await self.emit([events.UserInjected(text=text) for text in texts])
         return None
 
     async def step(self, iteration: int, on_progress: OnProgress | None) -> str | None:
@@ -291,6 +294,20 @@ class _Turn:
         closed = self.context.close_tool_calls("error", note, seq=self.emit.last_seq)
         if closed:
             await self.emit([_exit_event(result) for result in closed])
+
+    def end_is_decided(self) -> bool:
+        """Whether a cancel came too late to abort the turn: its ``turn_finished`` was
+        being published (then it reaches every subscriber anyway), or its end marker
+        was handed to the file (which will say the turn ended as it did)."""
+        return self.ended is not None and (
+            self.ended.seq != 0 or self.context.turn_end_is_final(self.id)
+        )
+
+    async def announce_end(self) -> None:
+        """Publish ``turn_finished`` after a late cancel, unless it is already out."""
+        assert self.ended is not None
+        if self.ended.seq == 0:
+            await self.emit.final([self.ended])
 
     def result(self, stop_reason: str, text: str | None = None) -> TurnResult:
         new_messages = list(self.context.messages[self.start :])
@@ -686,6 +703,7 @@ class _Emitter:
             event.seq = seq
             event.turn_id = turn_id
         agent._seq = seq
+        self._context.last_seq = seq  # another agent on this context continues from here
         if agent._persisted:  # Agent(persist_events=...): the session keeps these events
             self._context.record_events(events_to_persist(agent._persisted, batch))
 
@@ -711,8 +729,18 @@ class _Emitter:
             await agent._emit_waiters.park()
         agent._emitting = True
         try:
+            # A cancel lands here or not at all before delivery: stamped events are
+            # being published (see end_is_decided), and a final one reaches every
+            # subscriber even if a cancel interrupts a wait for a slow one.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._stamp(batch)
-            await agent._hub.publish(batch)  # type: ignore[arg-type]
+            try:
+                await agent._hub.publish(batch)  # type: ignore[arg-type]
+            except trio.Cancelled:
+                if isinstance(batch[-1], events.TurnFinished):
+                    with trio.CancelScope(shield=True):
+                        await self._call_back(batch)
+                raise
             if self._on_event is not None:
                 await self._call_back(batch)
         finally:

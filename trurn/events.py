@@ -8,6 +8,8 @@ per agent, stamped when it is published) and ``turn_id``.
 Order of one turn::
 
     turn_started
+      [user_message]*                                    -- steering, or a hook's follow-up
+      [compaction_started, compaction]                   -- the history was summarised
       message_sent, (assistant_reasoning_delta | assistant_delta | tool_call_delta)*,
       assistant_final                                    -- once per model reply
       (tool_call, [approval_request, approval_answered],
