@@ -293,7 +293,8 @@ def _baseline_restore(path: Path) -> tuple[Timing, int]:
 
 
 async def _trurn_restore(path: Path) -> tuple[Timing, int]:
-    context = trurn.Context(path)
+    # The file is named after the benchmark, its header after the session.
+    context = trurn.Context(path, session_id=_SESSION_ID)
     clock = _Clock()
     async with context:
         timing = clock.stop()

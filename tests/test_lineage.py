@@ -197,6 +197,7 @@ async def test_session_turn_markers_carry_the_lineage(tmp_path: Path) -> None:
         result.turn_id,
         1,
     )
+    assert start.chain == [result.turn_id, start.turn_id]
 
 
 def test_max_depth_must_not_be_negative() -> None:

@@ -863,3 +863,24 @@ async def test_cancel_rejects_an_unknown_mode() -> None:
     agent = trurn.Agent(FakeProvider([]))
     with pytest.raises(ValueError, match="mode must be 'now' or 'after_turn', got 'later'"):
         agent.cancel("later")  # type: ignore[arg-type]
+
+
+async def test_a_served_context_takes_turns_only_from_its_agent(
+    autojump_clock: trio.testing.MockClock, watchdog: None
+) -> None:
+    agent = trurn.Agent(FakeProvider([text_reply("Hi.")]))
+    other = trurn.Agent(FakeProvider([]))
+    context = trurn.Context()
+    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
+        await nursery.start(agent.serve, context)
+        # A direct turn on it is refused, and serve goes on with its queue intact.
+        with pytest.raises(RuntimeError, match="serving this context"):
+            await agent.run_turn(context, "direct")
+        with pytest.raises(RuntimeError, match="already serving this context"):
+            await other.serve(context)
+        await agent.send("hello")
+        seen = await read_until(stream, 1)
+        nursery.cancel_scope.cancel()
+    assert of_type(seen, events.TurnFinished)[0].stop_reason == "completed"
+    # Once serve has ended, the context is free again.
+    assert not context._served

@@ -279,12 +279,17 @@ class Agent:
         other messages wait for the next turn. A turn that fails on a
         :class:`~trurn.ProviderError` has published its ``error``, ``run_aborted`` and
         ``turn_finished`` events, and the agent goes on with the next message; any other
-        exception ends ``serve``. One ``serve`` per agent at a time (``RuntimeError``).
+        exception ends ``serve``. One ``serve`` per agent, and per context, at a time
+        (``RuntimeError``); while it runs, the context takes turns only from it
+        (``run_turn`` on it raises ``RuntimeError``).
         """
         if self._inbox.is_open:
             raise RuntimeError("this agent is already serving")
         check_open(context)
+        if context._served:
+            raise RuntimeError("another agent is already serving this context")
         self._inbox.open()
+        context._served = True
         try:
             task_status.started()
             while True:
@@ -294,6 +299,7 @@ class Agent:
                 except ProviderError:
                     continue
         finally:
+            context._served = False
             self._inbox.close()
 
     async def send(self, message: str, *, steer: bool = False) -> None:

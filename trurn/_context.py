@@ -122,6 +122,7 @@ class Context:
         # they are written: the file lags memory by these and the journal's queue.
         self._pending: list[Record] = []
         self._busy = False
+        self._served = False  # an agent's serve() runs the turns of this context
         self._open_turn: str | None = None  # the turn started and not yet ended in the file
         self._ended_turn: str | None = None  # the last turn whose end marker was handed over
         self.last_seq = 0
@@ -187,6 +188,7 @@ class Context:
                 parent_turn_id=lineage.parent_turn_id,
                 root_turn_id=lineage.root_turn_id,
                 depth=lineage.depth,
+                chain=list(lineage.chain),
                 seq=seq,
             )
             self._pending.append(start)

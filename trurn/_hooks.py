@@ -1,7 +1,8 @@
 """Hooks: user code the turn awaits at fixed points, which may change what happens next.
 
 Subclass :class:`Hooks` and override the methods you need; pass instances as
-``Agent(hooks=[...])``. Each hook runs in the turn's task, inside its cancel scope,
+``Agent(hooks=[...])``. Each hook runs inside the turn (``before_tool`` and
+``after_tool`` in the task of their tool call), within the turn's cancel scope,
 so cancelling the turn cancels a running hook. A hook that raises, or that runs past
 the agent's ``hook_timeout``, is reported as an ``error`` event and counts as having
 changed nothing: a broken hook never breaks the turn, and its error never reaches the

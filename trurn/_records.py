@@ -89,6 +89,7 @@ class TurnStart(_RecordBase, frozen=True, kw_only=True, tag="turn_start"):
     parent_turn_id: str | None = None
     root_turn_id: str | None = None
     depth: int = 0
+    chain: list[str] = []
 
 
 class TurnEnd(_RecordBase, frozen=True, kw_only=True, tag="turn_end"):

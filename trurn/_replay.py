@@ -262,10 +262,12 @@ def _estimates(
 
 
 def _turn_started(start: TurnStart, prompt: str) -> events.TurnStarted:
-    # The record keeps the parent and the root, not the whole chain: it is known only
-    # for the top-level turn and its children.
+    # Older records keep the parent and the root, not the whole chain: then it is
+    # known only for the top-level turn and its children.
     root = start.root_turn_id or (start.turn_id if start.depth == 0 else "")
-    if start.depth == 0:
+    if start.chain:
+        chain = list(start.chain)
+    elif start.depth == 0:
         chain = [start.turn_id]
     elif start.depth == 1 and start.parent_turn_id is not None:
         chain = [start.parent_turn_id, start.turn_id]

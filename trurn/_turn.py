@@ -83,8 +83,9 @@ class TurnResult(msgspec.Struct, frozen=True, kw_only=True):
     ``tool_calls`` every tool call the model made, in order; ``messages`` every
     message the turn added to the history, the user message first; ``usage`` the
     tokens of all the turn's model calls; ``stop_reason`` why it ended
-    (``"completed"``, ``"max_iterations"``, ``"policy"``, ``"length"``,
-    ``"content_filter"``).
+    (``"completed"``, ``"max_iterations"``, ``"policy"``, ``"loop_detected"``,
+    ``"budget_exceeded"``, ``"length"``, ``"content_filter"``, or ``"aborted"`` after
+    :meth:`~trurn.Agent.cancel`).
     """
 
     text: str | None
@@ -130,6 +131,10 @@ async def play_turn(
     """
     if context._busy:
         raise RuntimeError("a turn is already running on this context")
+    if context._served and steering is None:
+        raise RuntimeError(
+            "an agent is serving this context: give it messages with agent.send(...)"
+        )
     check_open(context)
     turn = _Turn(agent, context, on_event, steering)
     finished = False

@@ -294,7 +294,8 @@ class TurnFinished(BaseEvent, tag="turn_finished"):
     """The turn ended; always its last event.
 
     ``stop_reason``: ``"completed"``, ``"max_iterations"``, ``"policy"``,
-    ``"length"``, ``"content_filter"``, ``"aborted"`` or ``"error"``.
+    ``"loop_detected"``, ``"budget_exceeded"``, ``"length"``, ``"content_filter"``,
+    ``"aborted"`` or ``"error"``.
     """
 
     stop_reason: str
