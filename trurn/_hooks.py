@@ -27,6 +27,7 @@ import trio
 
 from . import events
 from ._messages import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, UserMessage
+from ._tools import exception_text
 
 if TYPE_CHECKING:
     from ._turn import TurnResult
@@ -118,7 +119,7 @@ class HookRunner:
             try:
                 value = await getattr(hooks, name)(*args)
             except Exception as exc:
-                failure, error_type = f"{where} raised {_exception_text(exc)}", type(exc).__name__
+                failure, error_type = f"{where} raised {exception_text(exc)}", type(exc).__name__
             else:
                 try:
                     return check(value)
@@ -197,11 +198,6 @@ def _text_or_none(value: object) -> str | None:
 
 def _nothing(value: object) -> None:
     return None
-
-
-def _exception_text(exc: Exception) -> str:
-    message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 _HOOK_POINTS = ("before_request", "before_tool", "after_tool", "before_finish", "on_turn_end")

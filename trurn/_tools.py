@@ -598,7 +598,7 @@ def _failure(call: ToolCall, exc: Exception) -> _Outcome:
         return "error", f"Invalid arguments for tool {call.name!r}: {exc}", "ValidationError"
     if isinstance(exc, ToolError):
         return "error", str(exc) or type(exc).__name__, type(exc).__name__
-    return "error", _exception_text(exc), type(exc).__name__
+    return "error", exception_text(exc), type(exc).__name__
 
 
 def _refusal(what: str, reason: str | None) -> str:
@@ -608,7 +608,8 @@ def _refusal(what: str, reason: str | None) -> str:
     return f"{what}: {reason}" if reason.endswith((".", "!", "?")) else f"{what}: {reason}."
 
 
-def _exception_text(exc: BaseException) -> str:
+def exception_text(exc: BaseException) -> str:
+    """``Type: message`` (or the type alone), as tool and hook failures are reported."""
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
