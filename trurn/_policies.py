@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import msgspec
 
@@ -183,12 +183,22 @@ def call_key(call: ToolCall) -> str:
         arguments = "raw:" + call.arguments_raw
     else:
         try:
-            arguments = msgspec.json.encode(call.arguments, order="sorted").decode()
+            arguments = msgspec.json.encode(_sorted_keys(call.arguments)).decode()
         except (TypeError, msgspec.EncodeError):
             # Only arguments built in Python (not parsed from the model) can get here.
             arguments = "repr:" + repr(call.arguments)
     # The name cannot contain NUL in any provider's wire format, so the key is unambiguous.
     return call.name + "\0" + arguments
+
+
+def _sorted_keys(value: Any) -> Any:
+    """``value`` with every dict's keys in sorted order (dicts encode in key order;
+    msgspec's own ``order="sorted"`` needs a newer msgspec than trurn requires)."""
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
 
 
 class LoopDetector:
