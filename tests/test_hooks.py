@@ -34,20 +34,6 @@ def _fresh_calls() -> None:
     WEATHER_CALLS.clear()
 
 
-@pytest.fixture
-async def watchdog(nursery: trio.Nursery) -> None:
-    """Fails a test that hangs (a regression here tends to wait forever) instead of
-    hanging: 1000 s on the virtual clock, 5 s on the real one. A test must name it as an
-    argument (pytest-trio ignores autouse async fixtures)."""
-    virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-
-    async def watch() -> None:
-        await trio.sleep(1000 if virtual else 5)
-        raise AssertionError("the test hung")
-
-    nursery.start_soon(watch)
-
-
 def weather_turn() -> FakeProvider:
     """A model that calls get_weather(Tokyo) once, then answers."""
     return FakeProvider(

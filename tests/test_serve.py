@@ -45,20 +45,6 @@ def _fresh_state() -> None:
     LOG.clear()
 
 
-@pytest.fixture
-async def watchdog(nursery: trio.Nursery) -> None:
-    """Fails a test that hangs (a regression here tends to wait forever) instead of
-    hanging: 1000 s on the virtual clock, 5 s on the real one. A test must name it as an
-    argument (pytest-trio ignores autouse async fixtures)."""
-    virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-
-    async def watch() -> None:
-        await trio.sleep(1000 if virtual else 5)
-        raise AssertionError("the test hung")
-
-    nursery.start_soon(watch)
-
-
 @trurn.tool
 async def wait_for(gate: str) -> str:
     """Waits until the test opens ``gate``."""
