@@ -19,13 +19,14 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import trio
 
 from . import events
+from ._approvals import Emit
 from ._messages import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, UserMessage
 from ._tools import exception_text
 
@@ -37,7 +38,6 @@ __all__ = ["Block", "HookRunner", "Hooks", "check_hooks"]
 _MESSAGE_TYPES = (SystemMessage, UserMessage, AssistantMessage, ToolMessage)
 
 T = TypeVar("T")
-Emit = Callable[[Sequence[events.BaseEvent]], Awaitable[None]]
 
 
 class Block(msgspec.Struct, frozen=True):
