@@ -682,6 +682,20 @@ async def test_export_then_import_gives_back_the_same_messages(tmp_path: Path) -
     assert again_text.split("\n## ", 1)[1] == text.split("\n## ", 1)[1]
 
 
+def test_markdown_shows_arguments_a_hook_changed_and_reads_them_back() -> None:
+    rewritten = ToolMessage(
+        tool_call_id="c1", name="shell", content="done", arguments={"cmd": "ls -l"}
+    )
+    records: list[Record] = [
+        MessageRecord(message=UserMessage("go")),
+        MessageRecord(message=rewritten),
+    ]
+    text = render_markdown(Header(session_id="s"), records, session_id="s")
+    assert '_Ran with arguments changed by a hook:_\n\n```json\n{\n  "cmd": "ls -l"\n}' in text
+    parsed = parse_markdown(text, "x.md")
+    assert [r.message for r in parsed.records if isinstance(r, MessageRecord)][1] == rewritten
+
+
 def test_markdown_keeps_compaction_markers() -> None:
     records: list[Record] = [
         MessageRecord(message=UserMessage("a")),

@@ -575,7 +575,11 @@ def _render_message(message: Message) -> str:
         parts = ["## User", _guard(message.content)]
     elif isinstance(message, ToolMessage):
         heading = f"## Tool result: `{message.name}` (`{message.tool_call_id}`), {message.status}"
-        parts = [heading, _fenced(message.content, "text")]
+        parts = [heading]
+        if message.arguments is not None:  # a before_tool hook changed the call
+            ran = json.dumps(message.arguments, indent=2, ensure_ascii=False, default=str)
+            parts += ["_Ran with arguments changed by a hook:_", _fenced(ran, "json")]
+        parts.append(_fenced(message.content, "text"))
     else:
         heading = "## Assistant" + (f" ({message.model})" if message.model else "")
         if message.aborted:
