@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from trurn._chunks import Chunk, Finish, TextDelta, ToolCallDelta
+from trurn._messages import AssistantMessage, Message, ToolMessage
 from trurn.providers import Request
 
 HANG = object()
@@ -77,3 +78,22 @@ def tool_reply(*calls: tuple[str, str, str], text: str = "") -> list[Step]:
         batch.append(ToolCallDelta(index=index, id=call_id, name=name))
         batch.append(ToolCallDelta(index=index, arguments=arguments))
     return [batch, [Finish("tool_calls")]]
+
+
+def assert_valid_history(messages: Sequence[Message]) -> None:
+    """What a provider accepts: every assistant tool call has exactly one result before
+    anything else is said, and an aborted reply is never blank."""
+    pending: set[str] = set()
+    for message in messages:
+        if isinstance(message, AssistantMessage):
+            assert not pending, f"tool calls without results: {pending}"
+            pending = {call.id for call in message.tool_calls}
+            if message.aborted:
+                assert message.content
+                assert message.content.strip()
+        elif isinstance(message, ToolMessage):
+            assert message.tool_call_id in pending, f"result without its call: {message}"
+            pending.discard(message.tool_call_id)
+        else:
+            assert not pending, f"tool calls without results: {pending}"
+    assert not pending, f"tool calls without results: {pending}"

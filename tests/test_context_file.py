@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from fakes import HANG, FakeProvider, text_reply, tool_reply
+from fakes import HANG, FakeProvider, assert_valid_history, text_reply, tool_reply
 
 import trurn
 from trurn import events
@@ -38,24 +38,6 @@ async def slow(seconds: float) -> str:
     """Takes a while."""
     await trio.sleep(seconds)
     return "done"
-
-
-def assert_valid(messages: Sequence[Message]) -> None:
-    """What a provider accepts: every tool call answered, no empty assistant reply."""
-    pending: set[str] = set()
-    for message in messages:
-        if isinstance(message, AssistantMessage):
-            assert not pending, pending
-            pending = {call.id for call in message.tool_calls}
-            if message.aborted:
-                assert message.content
-                assert message.content.strip()
-        elif isinstance(message, ToolMessage):
-            assert message.tool_call_id in pending
-            pending.discard(message.tool_call_id)
-        else:
-            assert not pending, pending
-    assert not pending, pending
 
 
 async def reload(path: Path) -> list[Message]:
@@ -140,7 +122,7 @@ async def test_restore_gives_a_crashed_turns_tool_calls_an_interrupted_result(
             ]
         )
     messages = await reload(path)
-    assert_valid(messages)
+    assert_valid_history(messages)
     last = messages[-1]
     assert isinstance(last, ToolMessage)
     assert (last.tool_call_id, last.status) == ("c1", "interrupted")
@@ -232,7 +214,7 @@ async def test_a_turn_cancelled_at_any_event_leaves_a_valid_file(
         seen = await run_cancelled_at(path, k)
         assert isinstance(seen[-1], events.TurnFinished), k
         messages = await reload(path)
-        assert_valid(messages)
+        assert_valid_history(messages)
         assert messages[0] == UserMessage("go")
         contents = await read_journal(path)
         end = contents.records[-1]
@@ -461,7 +443,7 @@ async def test_a_disk_that_fills_up_mid_turn_loses_nothing(tmp_path: Path) -> No
         in_file = await read_journal(path)
         assert in_file.torn_tail is None
         assert contents_now(path)[:4] == acknowledged
-        assert_valid(context.messages)  # the aborted turn closed what it left open
+        assert_valid_history(context.messages)  # the aborted turn closed what it left open
 
         disk.full = False  # room again: the queued records go out, in order
         await context.sync()
@@ -470,7 +452,7 @@ async def test_a_disk_that_fills_up_mid_turn_loses_nothing(tmp_path: Path) -> No
     ends = [r for r in records if isinstance(r, TurnEnd)]
     assert len(ends) == 2  # each turn ended once in the file
     messages = await reload(path)
-    assert_valid(messages)
+    assert_valid_history(messages)
     assert [str(m.content) for m in messages][:5] == [*acknowledged, "second"]
 
 
@@ -547,7 +529,7 @@ async def test_a_process_killed_mid_append_loses_no_acknowledged_turn(tmp_path: 
             async with trurn.Context(path) as context:
                 messages = list(context.messages)
         assert unanswered_tool_calls(messages) == []
-        assert_valid(messages)
+        assert_valid_history(messages)
         texts = [m.content for m in messages]
         for turn in range(1, turns + 1):  # every acknowledged turn, whole and in order
             start = texts.index(f"question {turn}")

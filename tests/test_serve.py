@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from fakes import HANG, FakeProvider, Reply, text_reply, tool_reply
+from fakes import HANG, FakeProvider, Reply, assert_valid_history, text_reply, tool_reply
 
 import trurn
 from trurn import events
@@ -116,25 +116,6 @@ def user_texts(messages: Sequence[Message]) -> list[str]:
     return [m.content for m in messages if isinstance(m, UserMessage)]
 
 
-def assert_valid(messages: Sequence[Message]) -> None:
-    """What a provider accepts: every tool call answered, no blank aborted reply."""
-    pending: set[str] = set()
-    for message in messages:
-        if isinstance(message, AssistantMessage):
-            assert not pending, pending
-            pending = {c.id for c in message.tool_calls}
-            if message.aborted:
-                assert message.content
-                assert message.content.strip()
-        elif isinstance(message, ToolMessage):
-            assert message.tool_call_id in pending
-            pending.discard(message.tool_call_id)
-        else:
-            assert not pending, pending
-    assert not pending, pending
-    assert unanswered_tool_calls(messages) == []
-
-
 # -- serve and send ----------------------------------------------------------------------------
 
 
@@ -179,7 +160,7 @@ async def test_a_provider_error_does_not_stop_serve(
     assert error.error_type == "BadRequestError"
     assert of_type(seen, events.RunAborted)[0].reason == "error"
     assert user_texts(context.messages) == ["first", "second"]
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
 
 
 async def test_an_unexpected_error_ends_serve(
@@ -241,7 +222,7 @@ async def test_steer_joins_the_running_turn_at_the_next_step(
     assert order.index("tool_exit") < order.index("user_message")
     assert order.index("user_message") < [i for i, t in enumerate(order) if t == "message_sent"][1]
     assert user_texts(context.messages) == ["start", "also this", "later"]
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
 
 
 async def test_a_steering_message_waits_for_the_next_turn_if_the_turn_ends_first(
@@ -469,7 +450,7 @@ async def test_cancelling_serve_mid_turn_leaves_no_task_and_a_valid_history(
     result = context.messages[-1]
     assert isinstance(result, ToolMessage)
     assert result.status == "cancelled"
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
     with pytest.raises(trio.ClosedResourceError):
         agent.send_nowait("after")
 
@@ -510,7 +491,7 @@ async def test_open_agent_exit_cancels_the_running_turn(
     assert provider.open_streams == 0
     assert agent._turns == {}
     assert agent.pending_messages() == []
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
     assert [type(m) for m in context.messages] == [UserMessage, AssistantMessage, ToolMessage]
     assert user_texts(context.messages) == ["start"]
 
@@ -538,7 +519,7 @@ async def test_open_agent_in_a_session_file(tmp_path: Path, watchdog: None) -> N
         await GATES["started g"].wait()
     async with trurn.Context(path) as restored:
         messages = list(restored.messages)
-    assert_valid(messages)
+    assert_valid_history(messages)
     result = messages[-1]
     assert isinstance(result, ToolMessage)
     assert result.status == "cancelled"
@@ -586,7 +567,7 @@ async def test_cancel_now_mid_stream_keeps_the_partial_text(
     assert provider.open_streams == 0
     assert provider.closed_streams == 1
     assert agent._turns == {}
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
     # The next turn on the same history is unaffected, and sends the partial reply back.
     again = await agent.run_turn(context, "Go on")
     assert again.stop_reason == "completed"
@@ -630,7 +611,7 @@ async def test_cancel_now_mid_tool_gives_cancelled_results(
     assert aborted.message == "enough"
     assert of_type(seen, events.TurnFinished)[0].usage.total_tokens == 15
     assert provider.open_streams == 0
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
 
 
 async def test_cancel_now_abandons_a_sync_tool_that_ignores_cancellation(
@@ -682,7 +663,7 @@ async def test_cancel_now_mid_tool_in_a_session_file(tmp_path: Path, watchdog: N
     async with trurn.Context(path) as restored:
         messages = list(restored.messages)
     assert messages == result.messages
-    assert_valid(messages)
+    assert_valid_history(messages)
     assert b'"stop_reason":"aborted"' in path.read_bytes()
 
 
@@ -716,7 +697,7 @@ async def test_cancel_after_turn_lets_the_step_finish(
     assert (aborted.reason, aborted.message) == ("cancelled", "wrap up")
     assert tags(seen)[-2:] == ["run_aborted", "turn_finished"]
     assert seen[-1].stop_reason == "aborted"  # type: ignore[union-attr]
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
     assert provider.open_streams == 0
 
 
@@ -786,7 +767,7 @@ async def test_cancel_twice_aborts_once_with_the_first_reason(
     (aborted,) = of_type(seen, events.RunAborted)
     assert aborted.message == "first"
     assert len(of_type(seen, events.TurnFinished)) == 1
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
     assert agent.cancel("now") is False  # over: nothing to cancel
 
 
@@ -820,7 +801,7 @@ async def test_cancel_now_after_after_turn_hurries_the_stop(
     tool_result = context.messages[-1]
     assert isinstance(tool_result, ToolMessage)
     assert tool_result.status == "cancelled"
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
 
 
 async def test_cancel_in_serve_stops_one_turn_and_serve_goes_on(
@@ -842,7 +823,7 @@ async def test_cancel_in_serve_stops_one_turn_and_serve_goes_on(
     assert [e.stop_reason for e in of_type(seen, events.TurnFinished)] == ["aborted", "completed"]
     assert of_type(seen, events.RunAborted)[0].message == "skip it"
     assert user_texts(context.messages) == ["first", "second"]
-    assert_valid(context.messages)
+    assert_valid_history(context.messages)
 
 
 async def test_cancel_rejects_an_unknown_mode() -> None:

@@ -8,34 +8,19 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 import trio.testing
-from fakes import HANG, FakeProvider, text_reply, tool_reply
+from fakes import HANG, FakeProvider, assert_valid_history, text_reply, tool_reply
 
 import trurn
 from trurn import events
 from trurn._chunks import Finish, TextDelta, ToolCallDelta
 from trurn._context import unanswered_tool_calls
-from trurn._messages import AssistantMessage, Message, ToolMessage, UserMessage
+from trurn._messages import AssistantMessage, ToolMessage, UserMessage
 
 
 @trurn.tool
 async def get_weather(city: str) -> str:
     """Get the weather for a city."""
     return f"sunny in {city}"
-
-
-def assert_valid_history(messages: Sequence[Message]) -> None:
-    """Every assistant tool call has exactly one result before the next assistant turn."""
-    pending: set[str] = set()
-    for message in messages:
-        if isinstance(message, AssistantMessage):
-            assert not pending, f"tool calls without results: {pending}"
-            pending = {call.id for call in message.tool_calls}
-        elif isinstance(message, ToolMessage):
-            assert message.tool_call_id in pending
-            pending.discard(message.tool_call_id)
-        elif isinstance(message, UserMessage):
-            assert not pending
-    assert not pending, f"tool calls without results: {pending}"
 
 
 async def collect(agent: trurn.Agent, context: trurn.Context, message: str) -> list[events.Event]:

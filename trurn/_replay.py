@@ -247,13 +247,7 @@ def _estimates(
                     results.append(after.message)
                     index += 1
                 exits = [
-                    events.ToolExit(
-                        tool_call_id=result.tool_call_id,
-                        name=result.name,
-                        status=result.status,
-                        content=result.content,
-                        turn_id=turn.turn_id,
-                    )
+                    events.ToolExit.of(result, turn_id=turn.turn_id)
                     for result in results
                     if result.status != "interrupted"  # a repair made by restore
                 ]

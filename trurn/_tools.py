@@ -466,9 +466,7 @@ async def run_tool_call(
     closing: list[events.BaseEvent] = []
     if error_type is not None:
         closing.append(events.Error(message=content, error_type=error_type, tool_call_id=call.id))
-    closing.append(
-        events.ToolExit(tool_call_id=call.id, name=call.name, status=status, content=content)
-    )
+    closing.append(events.ToolExit.of(result))
     await emit(closing)
     return result
 

@@ -298,7 +298,7 @@ class _Turn:
         """Give the reply's calls a result saying why they did not run."""
         closed = self.context.close_tool_calls("error", note, seq=self.emit.last_seq)
         if closed:
-            await self.emit([_exit_event(result) for result in closed])
+            await self.emit([events.ToolExit.of(result) for result in closed])
 
     def end_is_decided(self) -> bool:
         """Whether a cancel came too late to abort the turn: its ``turn_finished`` was
@@ -523,7 +523,7 @@ async def _run_tools(
                 )
                 results[position] = result
                 # Announced like any refused call: tool_call, then its tool_exit.
-                await emit([events.ToolCallStarted(call=asked), _exit_event(result)])
+                await emit([events.ToolCallStarted(call=asked), events.ToolExit.of(result)])
                 await hooks.after_tool(asked, result)
                 return
 
@@ -606,7 +606,7 @@ async def _abort(
         closing.append(events.Error(message=_describe(error), error_type=type(error).__name__))
     seq = emit.last_seq
     closing.extend(
-        _exit_event(result) for result in context.close_tool_calls(status, content, seq=seq)
+        events.ToolExit.of(result) for result in context.close_tool_calls(status, content, seq=seq)
     )
     closing.append(events.RunAborted(reason=reason, message=message))
     stop_reason = "error" if reason == "error" else "aborted"
@@ -647,15 +647,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TrurnError):
         return str(exc)
     return type(exc).__name__
-
-
-def _exit_event(result: ToolMessage) -> events.ToolExit:
-    return events.ToolExit(
-        tool_call_id=result.tool_call_id,
-        name=result.name,
-        status=result.status,
-        content=result.content,
-    )
 
 
 def _last_text(messages: Sequence[Message]) -> str | None:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._messages import AssistantMessage, ToolCall, ToolStatus, Usage
+from ._messages import AssistantMessage, ToolCall, ToolMessage, ToolStatus, Usage
 
 __all__ = [
     "ApprovalAnswered",
@@ -198,6 +198,17 @@ class ToolExit(BaseEvent, tag="tool_exit"):
     name: str
     status: ToolStatus
     content: str
+
+    @classmethod
+    def of(cls, result: ToolMessage, *, turn_id: str = "") -> ToolExit:
+        """The ``tool_exit`` that announces ``result``."""
+        return cls(
+            tool_call_id=result.tool_call_id,
+            name=result.name,
+            status=result.status,
+            content=result.content,
+            turn_id=turn_id,
+        )
 
 
 class ApprovalRequest(BaseEvent, tag="approval_request"):
