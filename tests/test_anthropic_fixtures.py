@@ -17,16 +17,14 @@ output comes first, then the error.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recorded import FIXTURES, SlicedBody, cut, entries, fixture_bytes, play
 
 from trurn._chunks import (
     Chunk,
@@ -38,15 +36,11 @@ from trurn._chunks import (
     ToolCallDelta,
 )
 from trurn._errors import OverloadedError, ProviderError
-from trurn._messages import Usage, UserMessage
+from trurn._messages import Usage
 from trurn._stream import StreamState, assemble, reduce_stream
 from trurn.providers._anthropic import AnthropicMessages
-from trurn.providers._base import Request
 
-FIXTURES = Path(__file__).parent / "fixtures" / "streams"
-MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text(encoding="utf-8"))
-ENTRIES = {e["file"]: e for e in MANIFEST if e["provider"] == "anthropic-messages"}
-REQUEST = Request(messages=[UserMessage("hi")])
+ENTRIES = entries("anthropic-messages")
 FRAGMENT = "anthropic-messages/error_overloaded_fragment.sse"
 
 # The in-stream error each error fixture must raise, and a piece of the provider's message.
@@ -65,22 +59,6 @@ def test_manifest_lists_every_anthropic_file() -> None:
     assert len(ENTRIES) == 12
     # Every partial file has a written, tested reason (the error it must raise).
     assert {name for name, e in ENTRIES.items() if e.get("partial")} <= set(EXPECTED_ERRORS)
-
-
-class SlicedBody(httpx.AsyncByteStream):
-    """A response body that arrives in exactly the given pieces."""
-
-    def __init__(self, pieces: Sequence[bytes]) -> None:
-        self.pieces = pieces
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            await trio.lowlevel.checkpoint()
-            yield piece
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 @dataclass
@@ -127,21 +105,12 @@ class Folded:
 
 
 async def run(pieces: Sequence[bytes]) -> tuple[Folded, ProviderError | None, SlicedBody]:
-    body = SlicedBody(pieces)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
-
     folded = Folded()
-    error: ProviderError | None = None
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        provider = AnthropicMessages("claude-test", api_key="sk-ant-fixture", client=client)
-        try:
-            async with provider.stream(REQUEST) as batches:
-                async for batch in batches:
-                    folded.add(batch)
-        except ProviderError as exc:
-            error = exc
+    error, body = await play(
+        lambda client: AnthropicMessages("claude-test", api_key="sk-ant-fixture", client=client),
+        pieces,
+        folded.add,
+    )
     return folded, error, body
 
 
@@ -225,10 +194,6 @@ def check(name: str, folded: Folded, error: ProviderError | None, body: SlicedBo
     assert body.closed
 
 
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 async def test_fixture_whole(name: str) -> None:
     folded, error, body = await run([fixture_bytes(name)])
@@ -251,10 +216,7 @@ async def test_fixture_line_by_line(name: str) -> None:
 # cannot see their own control-flow exceptions through the exception group.
 @given(fractions=st.lists(st.floats(0, 1), max_size=60))
 async def test_fixture_random_slices(name: str, fractions: list[float]) -> None:
-    raw = fixture_bytes(name)
-    cuts = sorted(int(f * len(raw)) for f in fractions)
-    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-    folded, error, body = await run(pieces)
+    folded, error, body = await run(cut(fixture_bytes(name), fractions))
     check(name, folded, error, body)
 
 

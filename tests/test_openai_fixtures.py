@@ -8,27 +8,22 @@ chunks OpenAIChat yields are folded and compared with the manifest's ``expected`
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recorded import REQUEST, SlicedBody, cut, entries, fixture_bytes, play
 
 from trurn._chunks import Chunk, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from trurn._errors import BadRequestError, ProviderError
-from trurn._messages import Usage, UserMessage
-from trurn.providers._base import Request
+from trurn._messages import Usage
 from trurn.providers._openai import OpenAIChat
 
-FIXTURES = Path(__file__).parent / "fixtures" / "streams"
-MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text(encoding="utf-8"))
-ENTRIES = {e["file"]: e for e in MANIFEST if e["provider"] == "openai-chat"}
-REQUEST = Request(messages=[UserMessage("hi")])
+ENTRIES = entries("openai-chat")
 
 # The in-stream error each error fixture must raise, and a piece of the provider's message.
 EXPECTED_ERRORS: dict[str, tuple[type[ProviderError], str]] = {
@@ -38,22 +33,6 @@ EXPECTED_ERRORS: dict[str, tuple[type[ProviderError], str]] = {
     ),
     "openai-chat/openrouter_error_chunk_midstream.sse": (BadRequestError, "Token limit reached"),
 }
-
-
-class SlicedBody(httpx.AsyncByteStream):
-    """A response body that arrives in exactly the given pieces."""
-
-    def __init__(self, pieces: Sequence[bytes]) -> None:
-        self.pieces = pieces
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for piece in self.pieces:
-            await trio.lowlevel.checkpoint()
-            yield piece
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 @dataclass
@@ -90,21 +69,12 @@ class Folded:
 
 
 async def run(pieces: Sequence[bytes]) -> tuple[Folded, ProviderError | None, SlicedBody]:
-    body = SlicedBody(pieces)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
-
     folded = Folded()
-    error: ProviderError | None = None
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        provider = OpenAIChat("gpt-test", api_key="sk-fixture", client=client)
-        try:
-            async with provider.stream(REQUEST) as batches:
-                async for batch in batches:
-                    folded.add(batch)
-        except ProviderError as exc:
-            error = exc
+    error, body = await play(
+        lambda client: OpenAIChat("gpt-test", api_key="sk-fixture", client=client),
+        pieces,
+        folded.add,
+    )
     return folded, error, body
 
 
@@ -149,10 +119,6 @@ def check(name: str, folded: Folded, error: ProviderError | None, body: SlicedBo
     assert body.closed
 
 
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 async def test_fixture_whole(name: str) -> None:
     folded, error, body = await run([fixture_bytes(name)])
@@ -176,10 +142,7 @@ async def test_fixture_line_by_line_yields_one_batch_per_read(name: str) -> None
 # cannot see their own control-flow exceptions through the exception group.
 @given(fractions=st.lists(st.floats(0, 1), max_size=60))
 async def test_fixture_random_slices(name: str, fractions: list[float]) -> None:
-    raw = fixture_bytes(name)
-    cuts = sorted(int(f * len(raw)) for f in fractions)
-    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-    folded, error, body = await run(pieces)
+    folded, error, body = await run(cut(fixture_bytes(name), fractions))
     check(name, folded, error, body)
 
 
