@@ -12,18 +12,22 @@ rounds are timed with ``time.process_time()``: the CPU time of this process
 only, as the server runs in another. Every turn's result is checked, so a client that
 stops early or skips a tool call fails loudly instead of looking fast.
 
-Client ``trurn-session`` measures what a session file adds to a turn, in pairs: each
-round plays the ``trurn`` turn twice, once on an in-memory ``trurn.Context()`` and once
-on a session file (``trurn.Context(path)``, fsync ``"turn"``; ``trurn-session-never``:
-fsync ``"never"``), in alternating order, each timed on its own. Pairing the turns in
-one process makes the ratio immune to the machine's drift between processes. Every file
+Client ``trurn-session`` measures what a session file adds to a turn: each round plays
+the ``trurn`` turn on an in-memory ``trurn.Context()`` and on a session file
+(``trurn.Context(path)``, fsync ``"turn"``; ``trurn-session-never``: fsync ``"never"``),
+and the floor turn described below, in rotating order, each timed on its own. Playing
+them in one process makes the ratios immune to the machine's drift between processes. Every file
 turn gets a new file in a new directory under ``--session-dir``, opened with ``async
 with`` (created, locked, header written and synced, background writer started) before
 the timed rounds and closed after them, so the history and the requests are those of the
 in-memory turn and the timed CPU adds only what the turn's writes and its sync cost.
 ``cpu_s`` is then the file turns' CPU, ``memory_cpu_s`` the in-memory turns', and
 ``main_thread_cpu_s`` the file turns' CPU in the event loop's thread (the rest is the
-writer threads'). The report gives the opening and closing apart
+writer threads'). A third turn of each round, ``floor_cpu_s``, is the in-memory turn
+followed by the least any session file must add to it if the turn waits until its records
+are in the file and the event loop never blocks on the disk: one ``trio.to_thread.run_sync``
+that appends the bytes a file turn writes to a plain file, with ``os.write`` (and
+``os.fsync`` under fsync ``"turn"``). The report gives the opening and closing apart
 (``session_open_cpu_s``, ``session_close_cpu_s``), and every file is read back to check
 it holds the whole turn. Session clients play one turn at a time.
 
@@ -43,6 +47,7 @@ import argparse
 import cProfile
 import gc
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -140,10 +145,10 @@ async def session_turns(
     sessions: int,
     fsync: FsyncPolicy,
     costs: dict[str, float],
-) -> AsyncIterator[tuple[Turn, Turn]]:
-    """The ``trurn`` turn in memory, and the same turn on a new session file each time
-    (``sessions`` of them, opened up front); ``costs`` receives the CPU seconds of
-    opening and closing the files."""
+) -> AsyncIterator[tuple[Turn, Turn, Turn]]:
+    """The ``trurn`` turn in memory, the same turn on a new session file each time
+    (``sessions`` of them, opened up front), and the floor turn (see the module's
+    docstring); ``costs`` receives the CPU seconds of opening and closing the files."""
     import _trurn_client
 
     import trurn
@@ -171,8 +176,19 @@ async def session_turns(
                 result = await agent.run_turn(next(unused), USER_MESSAGE)
                 _expect_whole_turn("trurn on a session file", result.text, len(result.tool_calls))
 
+            # What a file turn writes after the header: known once the first one ran.
+            turn_bytes = bytearray()
+            floor_fd = os.open(Path(directory) / "floor.jsonl", _APPEND_FLAGS, 0o600)
+            stack.callback(os.close, floor_fd)
+
+            async def floor() -> None:
+                await in_memory()
+                if not turn_bytes:
+                    turn_bytes.extend(paths[0].read_bytes().split(b"\n", 1)[1])
+                await trio.to_thread.run_sync(_append, floor_fd, bytes(turn_bytes), fsync)
+
             try:
-                yield in_memory, on_file
+                yield in_memory, on_file, floor
             finally:
                 cpu = time.process_time()
                 await stack.aclose()
@@ -182,6 +198,17 @@ async def session_turns(
             kinds = [type(record).__struct_config__.tag for record in records]
             if kinds != _SESSION_KINDS:
                 raise RuntimeError(f"trurn on a session file: {path.name} holds {kinds}")
+
+
+_APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+
+def _append(fd: int, data: bytes, fsync: FsyncPolicy) -> None:
+    """The floor turn's write: the bytes in one ``write``, forced to disk unless
+    ``fsync`` is ``"never"``."""
+    os.write(fd, data)
+    if fsync != "never":
+        os.fsync(fd)
 
 
 async def play_rounds(turn: Turn, concurrency: int, rounds: int) -> None:
@@ -250,27 +277,32 @@ def profiling(path: str | None) -> Iterator[_TaskSteps | None]:
         profiler.dump_stats(path)
 
 
+_ROTATIONS = (("memory", "file", "floor"), ("file", "floor", "memory"), ("floor", "memory", "file"))
+
+
 async def measure_pairs(args: argparse.Namespace) -> dict[str, object]:
-    """A session client: in-memory and file turns in pairs, each timed on its own."""
+    """A session client: in-memory, file and floor turns in rounds, each timed on its own."""
     costs: dict[str, float] = {}
-    spent = {"memory": 0.0, "file": 0.0, "file_main": 0.0}
+    spent = {"memory": 0.0, "file": 0.0, "file_main": 0.0, "floor": 0.0}
     async with open_http_client(1) as http:
         sessions = args.warmup_rounds + args.rounds
         fsync = SESSION_CLIENTS[args.client]
         pairs = session_turns(
             http, args.base_url, args.wire, args.session_dir, sessions, fsync, costs
         )
-        async with pairs as (in_memory, on_file):
+        async with pairs as (in_memory, on_file, floor):
+            turns = {"memory": in_memory, "file": on_file, "floor": floor}
             for _ in range(args.warmup_rounds):
-                await in_memory()
-                await on_file()
+                for play in turns.values():
+                    await play()
             gc.collect()
             wall = time.perf_counter()
             for round_number in range(args.rounds):
-                order = ("memory", "file") if round_number % 2 == 0 else ("file", "memory")
+                # Each kind goes first, second and third in turn.
+                order = _ROTATIONS[round_number % len(_ROTATIONS)]
                 for kind in order:
                     cpu, main_cpu = time.process_time(), time.thread_time()
-                    await (in_memory if kind == "memory" else on_file)()
+                    await turns[kind]()
                     spent[kind] += time.process_time() - cpu
                     if kind == "file":
                         spent["file_main"] += time.thread_time() - main_cpu
@@ -282,6 +314,7 @@ async def measure_pairs(args: argparse.Namespace) -> dict[str, object]:
         "cpu_s": spent["file"],
         "memory_cpu_s": spent["memory"],
         "main_thread_cpu_s": spent["file_main"],
+        "floor_cpu_s": spent["floor"],
         "wall_s": wall,
         "max_rss_kib": peak_rss_kib(),
         "pool_cpu_s": None,
