@@ -1,23 +1,26 @@
 """Playing recorded streams (``fixtures/streams``) through a real provider code path.
 
 The conformance tests of each provider serve a recording from an
-``httpx.MockTransport`` as a response body that arrives in chosen pieces, and fold
-what the provider yields.
+``httpx.MockTransport`` as a response body that arrives in chosen pieces, fold what the
+provider yields (:class:`Fold`) and compare it with the manifest's ``expected``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trurn._chunks import Chunk
+from trurn._chunks import Chunk, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from trurn._errors import ProviderError
-from trurn._messages import UserMessage
+from trurn._messages import Usage, UserMessage
 from trurn.providers import Provider, Request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "streams"
@@ -56,13 +59,55 @@ class SlicedBody(httpx.AsyncByteStream):
         self.closed = True
 
 
+@dataclass
+class Fold:
+    """What the chunks add up to; a test-only stand-in for the stream reducer. A
+    provider's own kinds of chunk go to :meth:`other`."""
+
+    chunks: list[Chunk] = field(default_factory=list)
+    text: str = ""
+    reasoning: str = ""
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish: list[str] = field(default_factory=list)
+    usage: list[Usage] = field(default_factory=list)
+    batches: int = 0
+
+    def add(self, batch: Sequence[Chunk]) -> None:
+        assert batch, "the provider must not yield empty batches"
+        self.batches += 1
+        self.chunks.extend(batch)
+        for chunk in batch:
+            if isinstance(chunk, TextDelta):
+                self.text += chunk.text
+            elif isinstance(chunk, ReasoningDelta):
+                self.reasoning += chunk.text
+            elif isinstance(chunk, ToolCallDelta):
+                assert chunk.index is not None
+                call = self.calls.setdefault(chunk.index, {"id": None, "name": None, "args": ""})
+                if chunk.id is not None:
+                    assert call["id"] is None, "id sent twice"
+                    call["id"] = chunk.id
+                call["name"] = chunk.name or call["name"]
+                call["args"] += chunk.arguments
+            elif isinstance(chunk, Finish):
+                self.finish.append(chunk.reason)
+            elif isinstance(chunk, Usage):
+                self.usage.append(chunk)
+            else:
+                self.other(chunk)
+
+    def other(self, chunk: Chunk) -> None:
+        raise AssertionError(f"unexpected chunk {chunk!r}")
+
+
+F = TypeVar("F", bound=Fold)
+
+
 async def play(
-    make_provider: Callable[[httpx.AsyncClient], Provider],
-    pieces: Sequence[bytes],
-    add: Callable[[Sequence[Chunk]], None],
-) -> tuple[ProviderError | None, SlicedBody]:
-    """Stream ``REQUEST`` from a provider whose response body is ``pieces``, giving each
-    batch to ``add``; returns the error the provider raised (if any) and the body."""
+    make_provider: Callable[[httpx.AsyncClient], Provider], pieces: Sequence[bytes], fold: F
+) -> tuple[F, ProviderError | None, SlicedBody]:
+    """Stream ``REQUEST`` from a provider whose response body is ``pieces``, adding each
+    batch to ``fold``; returns it, the error the provider raised (if any) and the body."""
     body = SlicedBody(pieces)
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -73,7 +118,49 @@ async def play(
         try:
             async with make_provider(client).stream(REQUEST) as batches:
                 async for batch in batches:
-                    add(batch)
+                    fold.add(batch)
         except ProviderError as exc:
             error = exc
-    return error, body
+    return fold, error, body
+
+
+def check_tool_calls(calls: dict[int, dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """The folded tool calls, by index, against the manifest's: ids, names and arguments
+    exact."""
+    assert sorted(calls) == [call["index"] for call in expected]
+    for got, want in zip((calls[index] for index in sorted(calls)), expected, strict=True):
+        assert got["id"] == want["id"]
+        assert got["name"] == want["name"]
+        assert got["args"] == want["arguments_raw"]
+        assert (json.loads(got["args"]) if got["args"] else {}) == want["arguments"]
+
+
+def check_error(
+    error: ProviderError | None,
+    raises: tuple[type[ProviderError], str] | None,
+    recorded: dict[str, Any] | None,
+    provider: str,
+) -> None:
+    """The error a stream raised: the class and words it ``raises`` (None: no error) and
+    the message of the error event the manifest ``recorded``."""
+    if raises is None:
+        assert recorded is None
+        assert error is None
+        return
+    cls, words = raises
+    assert type(error) is cls
+    assert words in str(error)
+    assert error.status_code is None  # sent inside a 200 stream
+    assert error.provider == provider
+    assert recorded is not None
+    assert recorded["message"] in str(error)
+
+
+def random_cuts(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs ``test`` (which takes ``fractions``) on 20 random lists of cut points for
+    :func:`cut`."""
+    # Cut points drawn before the test runs: a draw inside the test (st.data()) would
+    # happen inside Trio's nursery, where older hypothesis releases cannot see their own
+    # control-flow exceptions through the exception group.
+    cuts = given(fractions=st.lists(st.floats(0, 1), max_size=60))
+    return settings(max_examples=20, deadline=None)(cuts(test))

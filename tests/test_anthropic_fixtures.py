@@ -16,24 +16,29 @@ output comes first, then the error.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from recorded import FIXTURES, SlicedBody, cut, entries, fixture_bytes, play
+from recorded import (
+    FIXTURES,
+    Fold,
+    SlicedBody,
+    check_error,
+    check_tool_calls,
+    cut,
+    entries,
+    fixture_bytes,
+    play,
+    random_cuts,
+)
 
 from trurn._chunks import (
     Chunk,
-    Finish,
-    ReasoningDelta,
     ServerToolBlock,
-    TextDelta,
     ThinkingSignature,
-    ToolCallDelta,
 )
 from trurn._errors import OverloadedError, ProviderError
 from trurn._messages import Usage
@@ -62,56 +67,27 @@ def test_manifest_lists_every_anthropic_file() -> None:
 
 
 @dataclass
-class Folded:
-    """What the chunks add up to; a test-only stand-in for the stream reducer."""
+class Folded(Fold):
+    """Anthropic's own chunks too: thinking signatures and the blocks the server ran."""
 
-    chunks: list[Chunk] = field(default_factory=list)
-    text: str = ""
-    reasoning: str = ""
-    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     signatures: list[ThinkingSignature] = field(default_factory=list)
     server_blocks: list[dict[str, Any]] = field(default_factory=list)
-    finish: list[str] = field(default_factory=list)
-    usage: list[Usage] = field(default_factory=list)
-    batches: int = 0
 
-    def add(self, batch: Sequence[Chunk]) -> None:
-        assert batch, "the provider must not yield empty batches"
-        self.batches += 1
-        self.chunks.extend(batch)
-        for chunk in batch:
-            if isinstance(chunk, TextDelta):
-                self.text += chunk.text
-            elif isinstance(chunk, ReasoningDelta):
-                self.reasoning += chunk.text
-            elif isinstance(chunk, ToolCallDelta):
-                assert chunk.index is not None
-                call = self.calls.setdefault(chunk.index, {"id": None, "name": None, "args": ""})
-                if chunk.id is not None:
-                    assert call["id"] is None, "id sent twice"
-                    call["id"] = chunk.id
-                call["name"] = chunk.name or call["name"]
-                call["args"] += chunk.arguments
-            elif isinstance(chunk, ThinkingSignature):
-                self.signatures.append(chunk)
-            elif isinstance(chunk, ServerToolBlock):
-                self.server_blocks.append(chunk.block)
-            elif isinstance(chunk, Finish):
-                self.finish.append(chunk.reason)
-            elif isinstance(chunk, Usage):
-                self.usage.append(chunk)
-            else:
-                raise AssertionError(f"unexpected chunk {chunk!r}")
+    def other(self, chunk: Chunk) -> None:
+        if isinstance(chunk, ThinkingSignature):
+            self.signatures.append(chunk)
+        elif isinstance(chunk, ServerToolBlock):
+            self.server_blocks.append(chunk.block)
+        else:
+            super().other(chunk)
+
+
+def provider(client: httpx.AsyncClient) -> AnthropicMessages:
+    return AnthropicMessages("claude-test", api_key="sk-ant-fixture", client=client)
 
 
 async def run(pieces: Sequence[bytes]) -> tuple[Folded, ProviderError | None, SlicedBody]:
-    folded = Folded()
-    error, body = await play(
-        lambda client: AnthropicMessages("claude-test", api_key="sk-ant-fixture", client=client),
-        pieces,
-        folded.add,
-    )
-    return folded, error, body
+    return await play(provider, pieces, Folded())
 
 
 def expected_usage(raw: dict[str, Any] | None) -> Usage | None:
@@ -144,13 +120,7 @@ def check(name: str, folded: Folded, error: ProviderError | None, body: SlicedBo
     assert (folded.reasoning or None) == expected["reasoning"]
 
     # Tool calls by content-block index, each id and name sent once, arguments exact.
-    assert sorted(folded.calls) == [call["index"] for call in expected["tool_calls"]]
-    calls = [folded.calls[index] for index in sorted(folded.calls)]
-    for got, want in zip(calls, expected["tool_calls"], strict=True):
-        assert got["id"] == want["id"]
-        assert got["name"] == want["name"]
-        assert got["args"] == want["arguments_raw"]
-        assert (json.loads(got["args"]) if got["args"] else {}) == want["arguments"]
+    check_tool_calls(folded.calls, expected["tool_calls"])
 
     # One ThinkingSignature per thinking or redacted block: signed ones carry the
     # recorded signatures, in order; redacted ones their opaque data.
@@ -180,17 +150,7 @@ def check(name: str, folded: Folded, error: ProviderError | None, body: SlicedBo
     want_usage = expected_usage(expected["usage"])
     assert folded.usage == ([want_usage] if want_usage else [])
 
-    if name in EXPECTED_ERRORS:
-        cls, words = EXPECTED_ERRORS[name]
-        assert type(error) is cls
-        assert words in str(error)
-        assert error.status_code is None  # sent inside a 200 stream
-        assert error.provider == "anthropic-messages"
-        assert expected["error"] is not None
-        assert expected["error"]["message"] in str(error)
-    else:
-        assert expected["error"] is None
-        assert error is None
+    check_error(error, EXPECTED_ERRORS.get(name), expected["error"], "anthropic-messages")
     assert body.closed
 
 
@@ -210,11 +170,7 @@ async def test_fixture_line_by_line(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
-@settings(max_examples=20, deadline=None)
-# Cut points as fractions of the file, drawn before the test runs: a draw inside the
-# test (st.data()) would happen inside Trio's nursery, where older hypothesis releases
-# cannot see their own control-flow exceptions through the exception group.
-@given(fractions=st.lists(st.floats(0, 1), max_size=60))
+@random_cuts
 async def test_fixture_random_slices(name: str, fractions: list[float]) -> None:
     folded, error, body = await run(cut(fixture_bytes(name), fractions))
     check(name, folded, error, body)

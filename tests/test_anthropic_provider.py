@@ -1,16 +1,42 @@
 """AnthropicMessages against an httpx.MockTransport: the request it sends, the chunks it
-yields, the errors it raises, and that it closes what it opens."""
+yields and the errors only it raises. What it does just as OpenAIChat does (status codes,
+transport errors, broken streams, closing) is tested for both in test_providers_http.py."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-import trio
-import trio.testing
+from anthropic_wire import (
+    BASE_URL,
+    HELLO,
+    PING,
+    STOP,
+    URL,
+    anthropic_error,
+    block_start,
+    block_stop,
+    delta,
+    event,
+    events,
+    message_delta,
+    message_start,
+    provider_for,
+    text_delta,
+)
+from mock_http import (
+    REQUEST,
+    body_sent,
+    client_for,
+    collect,
+    consume,
+    flat,
+    request_sent,
+    streaming,
+)
 
 from trurn._chunks import (
     Chunk,
@@ -22,17 +48,9 @@ from trurn._chunks import (
     ToolCallDelta,
 )
 from trurn._errors import (
-    AuthenticationError,
-    BadRequestError,
     ContextOverflowError,
     MalformedStreamError,
-    NotFoundError,
-    OverloadedError,
-    PermissionDeniedError,
-    ProviderConnectionError,
     ProviderError,
-    ProviderTimeout,
-    RateLimitError,
     ServerError,
 )
 from trurn._messages import (
@@ -54,185 +72,17 @@ if TYPE_CHECKING:
     _static_check: Provider = AnthropicMessages("m")  # mypy: it satisfies the protocol
 
 API_KEY = "sk-ant-test-DO-NOT-LEAK-0123456789"
-BASE_URL = "https://anthropic.example.test"
-URL = BASE_URL + "/v1/messages"
-SSE = {"content-type": "text/event-stream; charset=utf-8"}
-REQUEST = Request(messages=[UserMessage("hi")])
 WEATHER = ToolSpec(
     "get_weather",
     "Current weather.",
     {"type": "object", "properties": {"city": {"type": "string"}}},
 )
-# A consumer that stops between two reads abandons httpx's nested async generators
-# half-way; Trio reports each one as a ResourceWarning when it is collected (httpx issue
-# #3686). The response itself is closed, which is what these tests check.
-ABANDONED_HTTPX_GENERATORS = pytest.mark.filterwarnings(
-    "ignore:Async generator 'httpx.:ResourceWarning"
-)
 
 
-def event(payload: dict[str, Any], name: str | None = None) -> bytes:
-    """One SSE event named after the payload's type, as Anthropic sends them."""
-    name = name or payload["type"]
-    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
-
-
-def events(*payloads: dict[str, Any]) -> bytes:
-    return b"".join(event(payload) for payload in payloads)
-
-
-def message_start(input_tokens: int = 10, **usage: int) -> dict[str, Any]:
-    return {
-        "type": "message_start",
-        "message": {
-            "id": "msg_1",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude-test",
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1, **usage},
-        },
-    }
-
-
-def block_start(index: int, block: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "content_block_start", "index": index, "content_block": block}
-
-
-def delta(index: int, **fields: Any) -> dict[str, Any]:
-    return {"type": "content_block_delta", "index": index, "delta": fields}
-
-
-def text_delta(index: int, text: str) -> dict[str, Any]:
-    return delta(index, type="text_delta", text=text)
-
-
-def block_stop(index: int) -> dict[str, Any]:
-    return {"type": "content_block_stop", "index": index}
-
-
-def message_delta(stop_reason: str | None = "end_turn", **usage: Any) -> dict[str, Any]:
-    return {
-        "type": "message_delta",
-        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-        "usage": usage or {"output_tokens": 5},
-    }
-
-
-PING = {"type": "ping"}
-STOP = {"type": "message_stop"}
-HELLO = events(
-    message_start(),
-    block_start(0, {"type": "text", "text": ""}),
-    text_delta(0, "Hel"),
-    text_delta(0, "lo"),
-    block_stop(0),
-    message_delta(),
-    STOP,
-)
-
-
-def anthropic_error(kind: str, message: str) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-
-
-class Body(httpx.AsyncByteStream):
-    """A streamed response body: pieces, then optionally an exception or a hang."""
-
-    def __init__(
-        self,
-        pieces: Sequence[bytes],
-        *,
-        then: BaseException | None = None,
-        hang: bool = False,
-    ) -> None:
-        self.pieces = list(pieces)
-        self.then = then
-        self.hang = hang
-        self.closed = False
-        self.sent = 0
-
-    def __aiter__(self) -> Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        await trio.lowlevel.checkpoint()
-        if self.sent < len(self.pieces):
-            self.sent += 1
-            return self.pieces[self.sent - 1]
-        if self.then is not None:
-            raise self.then
-        if self.hang:
-            await trio.sleep_forever()
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-class Server:
-    """Records requests and answers each with the response ``respond`` builds."""
-
-    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
-        self.respond = respond
-        self.requests: list[httpx.Request] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    @property
-    def body(self) -> dict[str, Any]:
-        return json.loads(self.requests[-1].content)  # type: ignore[no-any-return]
-
-
-def streaming(
-    pieces: Sequence[bytes] | bytes,
-    *,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-    then: BaseException | None = None,
-    hang: bool = False,
-) -> tuple[Server, Body]:
-    body = Body([pieces] if isinstance(pieces, bytes) else pieces, then=then, hang=hang)
-    server = Server(lambda request: httpx.Response(status, headers=headers or SSE, stream=body))
-    return server, body
-
-
-def client_for(server: Server) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(server))
-
-
-def provider_for(client: httpx.AsyncClient, **options: Any) -> AnthropicMessages:
-    return AnthropicMessages("claude-default", base_url=BASE_URL, client=client, **options)
-
-
-async def consume(
-    provider: AnthropicMessages, received: list[list[Chunk]], request: Request = REQUEST
-) -> None:
-    """Stream ``request``, appending each batch to ``received`` as it arrives."""
-    async with provider.stream(request) as stream:
-        async for batch in stream:
-            received.append(list(batch))
-
-
-async def collect(provider: AnthropicMessages, request: Request = REQUEST) -> list[list[Chunk]]:
-    batches: list[list[Chunk]] = []
-    await consume(provider, batches, request)
-    return batches
-
-
-def flat(batches: list[list[Chunk]]) -> list[Chunk]:
-    return [chunk for batch in batches for chunk in batch]
-
-
-async def sent_body(request: Request, **options: Any) -> dict[str, Any]:
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        await collect(provider_for(client, **options), request)
-    return server.body
+# The HTTP request AnthropicMessages made to stream a request (REQUEST by default), given the
+# options, and its JSON body.
+sent = partial(request_sent, provider_for, HELLO)
+sent_body = partial(body_sent, provider_for, HELLO)
 
 
 # --- the request -----------------------------------------------------------------------
@@ -282,14 +132,10 @@ async def test_request_body_messages_tools_and_options() -> None:
         stop=["END", "STOP"],
         seed=7,
     )
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        await collect(provider_for(client), request)
-
-    sent = server.requests[0]
-    assert sent.method == "POST"
-    assert str(sent.url) == URL
-    assert server.body == {
+    http_request = await sent(request)
+    assert http_request.method == "POST"
+    assert str(http_request.url) == URL
+    assert json.loads(http_request.content) == {
         "model": "claude-override",
         "max_tokens": 100,
         "messages": [
@@ -356,7 +202,7 @@ async def test_request_body_messages_tools_and_options() -> None:
         "stop_sequences": ["END", "STOP"],
     }
     # The plain reasoning text is not sent: only the signed thinking blocks are.
-    assert "I should call the tool twice." not in sent.content.decode()
+    assert "I should call the tool twice." not in http_request.content.decode()
 
 
 async def test_minimal_body_uses_the_default_max_tokens() -> None:
@@ -368,7 +214,7 @@ async def test_minimal_body_uses_the_default_max_tokens() -> None:
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
         "stream": True,
     }
-    assert (await sent_body(REQUEST, max_tokens=123))["max_tokens"] == 123
+    assert (await sent_body(max_tokens=123))["max_tokens"] == 123
 
 
 @pytest.mark.parametrize(
@@ -599,15 +445,10 @@ async def test_every_failed_tool_status_is_an_error_result(status: Any) -> None:
 
 
 async def test_headers_with_api_key_version_and_extra_headers() -> None:
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        provider = provider_for(
-            client,
-            api_key=API_KEY,
-            headers={"anthropic-beta": "interleaved-thinking-2025-05-14"},
-        )
-        await collect(provider)
-    headers = server.requests[0].headers
+    http_request = await sent(
+        api_key=API_KEY, headers={"anthropic-beta": "interleaved-thinking-2025-05-14"}
+    )
+    headers = http_request.headers
     assert headers["x-api-key"] == API_KEY
     assert headers["anthropic-version"] == "2023-06-01"
     assert headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
@@ -617,10 +458,7 @@ async def test_headers_with_api_key_version_and_extra_headers() -> None:
 
 
 async def test_no_api_key_header_without_api_key_and_custom_version() -> None:
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        await collect(provider_for(client, anthropic_version="2099-01-01"))
-    headers = server.requests[0].headers
+    headers = (await sent(anthropic_version="2099-01-01")).headers
     assert "x-api-key" not in headers
     assert headers["anthropic-version"] == "2099-01-01"
 
@@ -635,16 +473,7 @@ async def test_no_api_key_header_without_api_key_and_custom_version() -> None:
     ],
 )
 async def test_url_from_base_url(base_url: str, url: str) -> None:
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        await collect(AnthropicMessages("m", base_url=base_url, client=client))
-    assert str(server.requests[0].url) == url
-
-
-@pytest.mark.parametrize("base_url", ["", "not a url", "ftp://example.test", "/v1"])
-def test_bad_base_url_is_refused(base_url: str) -> None:
-    with pytest.raises(ValueError, match="base_url"):
-        AnthropicMessages("m", base_url=base_url)
+    assert str((await sent(base_url=base_url)).url) == url
 
 
 @pytest.mark.parametrize(
@@ -659,19 +488,6 @@ def test_bad_base_url_is_refused(base_url: str) -> None:
 def test_bad_options_are_refused(options: dict[str, Any], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         AnthropicMessages("m", **options)
-
-
-def test_empty_model_is_refused() -> None:
-    with pytest.raises(ValueError, match="model"):
-        AnthropicMessages("")
-
-
-def test_model_property_repr_and_protocol() -> None:
-    provider = AnthropicMessages("claude-sonnet-4-5", api_key=API_KEY)
-    assert provider.model == "claude-sonnet-4-5"
-    assert isinstance(provider, Provider)
-    assert API_KEY not in repr(provider)
-    assert "claude-sonnet-4-5" in repr(provider)
 
 
 # --- chunks ----------------------------------------------------------------------------
@@ -832,90 +648,6 @@ async def test_malformed_blocks(bad: list[dict[str, Any]], words: str) -> None:
 
 # --- HTTP errors -----------------------------------------------------------------------
 
-STATUS_CASES = [
-    pytest.param(
-        401,
-        anthropic_error("authentication_error", f"invalid x-api-key {API_KEY}"),
-        AuthenticationError,
-        "invalid x-api-key",
-        id="401",
-    ),
-    pytest.param(
-        403,
-        anthropic_error("permission_error", "Your API key does not have permission"),
-        PermissionDeniedError,
-        "does not have permission",
-        id="403",
-    ),
-    pytest.param(
-        404,
-        anthropic_error("not_found_error", "model: claude-9"),
-        NotFoundError,
-        "model: claude-9",
-        id="404",
-    ),
-    pytest.param(
-        400,
-        anthropic_error("invalid_request_error", "messages.0.content: Field required"),
-        BadRequestError,
-        "Field required",
-        id="400",
-    ),
-    pytest.param(
-        400,
-        anthropic_error("invalid_request_error", "prompt is too long: 210000 tokens > 200000"),
-        ContextOverflowError,
-        "prompt is too long",
-        id="400-prompt-too-long",
-    ),
-    pytest.param(
-        400,
-        anthropic_error(
-            "invalid_request_error",
-            "input length and `max_tokens` exceed context limit: 178959 + 64000 > 200000, "
-            "decrease input length or `max_tokens` and try again",
-        ),
-        ContextOverflowError,
-        "exceed context limit: 178959 + 64000 > 200000",
-        id="400-input-and-max-tokens-exceed-context-limit",
-    ),
-    pytest.param(
-        413,
-        anthropic_error("request_too_large", "Request exceeds the maximum allowed number"),
-        BadRequestError,
-        "maximum allowed number",
-        id="413",
-    ),
-    pytest.param(
-        429,
-        anthropic_error("rate_limit_error", "Number of request tokens has exceeded your limit"),
-        RateLimitError,
-        "exceeded your limit",
-        id="429",
-    ),
-    pytest.param(
-        500,
-        anthropic_error("api_error", "Internal server error"),
-        ServerError,
-        "Internal server error",
-        id="500",
-    ),
-    pytest.param(
-        529,
-        anthropic_error("overloaded_error", "Overloaded"),
-        OverloadedError,
-        "Overloaded",
-        id="529",
-    ),
-    pytest.param(
-        502,
-        b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
-        ServerError,
-        "502 Bad Gateway",
-        id="502-html",
-    ),
-]
-
 
 def test_input_and_max_tokens_over_the_context_limit_is_an_overflow() -> None:
     # Anthropic's real 400 when the prompt fits but prompt + max_tokens does not.
@@ -923,118 +655,12 @@ def test_input_and_max_tokens_over_the_context_limit_is_an_overflow() -> None:
         "input length and `max_tokens` exceed context limit: 178959 + 64000 > 200000, "
         "decrease input length or `max_tokens` and try again"
     )
-    body = json.dumps(
-        {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
-    ).encode()
+    body = anthropic_error("invalid_request_error", message)
     response = httpx.Response(400, content=body, request=httpx.Request("POST", URL))
     error = error_from_response(response, body, provider="anthropic-messages")
     assert type(error) is ContextOverflowError
     assert not error.retryable
     assert str(error) == f"HTTP 400 Bad Request from {URL}: {message}"
-
-
-@pytest.mark.parametrize(("status", "payload", "cls", "words"), STATUS_CASES)
-async def test_error_status_maps_to_typed_exception(
-    status: int, payload: bytes, cls: type[ProviderError], words: str
-) -> None:
-    server, body = streaming(payload, status=status, headers={"content-type": "application/json"})
-    async with client_for(server) as client:
-        provider = provider_for(client, api_key=API_KEY)
-        with pytest.raises(ProviderError) as caught:
-            async with provider.stream(REQUEST):
-                raise AssertionError("the context must not be entered")
-    error = caught.value
-    assert type(error) is cls
-    assert error.status_code == status
-    assert error.provider == "anthropic-messages"
-    assert words in str(error)
-    assert str(status) in str(error)
-    assert URL in str(error)
-    assert API_KEY not in str(error)
-    assert API_KEY not in repr(error.args)
-    assert body.closed
-
-
-@pytest.mark.parametrize(
-    ("headers", "retry_after"),
-    [
-        ({"retry-after": "7"}, 7.0),
-        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
-        ({}, None),
-    ],
-    ids=["retry-after", "retry-after-ms", "none"],
-)
-async def test_rate_limit_retry_after(headers: dict[str, str], retry_after: float | None) -> None:
-    payload = anthropic_error("rate_limit_error", "slow down")
-    server, _ = streaming(
-        payload, status=429, headers={"content-type": "application/json", **headers}
-    )
-    async with client_for(server) as client:
-        with pytest.raises(RateLimitError) as caught:
-            async with provider_for(client).stream(REQUEST):
-                pass
-    assert caught.value.retry_after == retry_after
-    assert caught.value.retryable
-
-
-async def test_secrets_in_extra_headers_stay_out_of_errors() -> None:
-    payload = anthropic_error("authentication_error", "bad token Bearer PROXY-SECRET")
-    server, _ = streaming(payload, status=401, headers={"content-type": "application/json"})
-    async with client_for(server) as client:
-        provider = provider_for(client, headers={"Authorization": "Bearer PROXY-SECRET"})
-        with pytest.raises(AuthenticationError) as caught:
-            await collect(provider)
-    assert "bad token" in str(caught.value)
-    assert "PROXY-SECRET" not in str(caught.value)
-
-
-# A proxy or gateway page that echoes the request it refused, key and all. The key sits
-# where an excerpt of 200 characters would cut it in two, so masking after the cut would
-# leave half of it.
-ECHO_PAGE = b"<html><body>" + b"x" * 150 + b" x-api-key: " + API_KEY.encode() + b"</body></html>"
-ECHO_TITLE = b"<html><head><title>denied for " + API_KEY.encode() + b"</title></head></html>"
-
-
-@pytest.mark.parametrize(
-    ("status", "content_type", "body", "cls"),
-    [
-        (403, "text/html", ECHO_PAGE, PermissionDeniedError),
-        (502, "text/html", ECHO_TITLE, ServerError),
-        (200, "text/html", ECHO_TITLE, MalformedStreamError),
-        (200, "text/html", ECHO_PAGE, MalformedStreamError),
-        (200, "text/event-stream", b"event: error\ndata: " + ECHO_PAGE + b"\n\n", ProviderError),
-        (200, "text/event-stream", b"data: " + ECHO_PAGE + b"\n\n", MalformedStreamError),
-        (
-            200,
-            "text/event-stream",
-            b'event: error\ndata: {"type":"error"} ' + API_KEY.encode() + b"\n\n",
-            ProviderError,
-        ),
-    ],
-    ids=[
-        "403-page",
-        "502-title",
-        "200-html-title",
-        "200-html-page",
-        "error-event",
-        "payload",
-        "error-event-json",
-    ],
-)
-async def test_a_key_echoed_by_the_server_is_masked(
-    status: int, content_type: str, body: bytes, cls: type[ProviderError]
-) -> None:
-    server, _ = streaming(body, status=status, headers={"content-type": content_type})
-    async with client_for(server) as client:
-        with pytest.raises(ProviderError) as caught:
-            await collect(provider_for(client, api_key=API_KEY))
-    error = caught.value
-    assert type(error) is cls
-    # The body is shown, with the key masked (the mask itself may be cut short).
-    assert any(shown in str(error) for shown in ("for [redacted]", "key: [re", "} [redacted]"))
-    for piece in (API_KEY, API_KEY[:12], API_KEY[-12:]):
-        assert piece not in str(error)
-        assert piece not in repr(error.args)
 
 
 def test_http_call_repr_shows_no_secret() -> None:
@@ -1047,71 +673,9 @@ def test_http_call_repr_shows_no_secret() -> None:
         stream._secrets,
     )
     assert API_KEY in call.request.headers["x-api-key"]  # it is there to be hidden
-    text = repr(call)
-    assert API_KEY not in text
-    assert text == f"HTTPCall(POST {URL}, 1 secrets masked)"
-
-
-async def test_200_with_html_body_is_malformed() -> None:
-    page = b"<!doctype html><html><head><title>Sign in to the proxy</title></head></html>"
-    server, body = streaming(page, headers={"content-type": "text/html; charset=utf-8"})
-    async with client_for(server) as client:
-        with pytest.raises(MalformedStreamError) as caught:
-            async with provider_for(client).stream(REQUEST):
-                raise AssertionError("the context must not be entered")
-    assert "text/html" in str(caught.value)
-    assert "Sign in to the proxy" in str(caught.value)
-    assert caught.value.status_code == 200
-    assert body.closed
-
-
-# --- transport errors ------------------------------------------------------------------
-
-
-async def test_unreachable_server() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
-        provider = provider_for(client, api_key=API_KEY)
-        with pytest.raises(ProviderConnectionError) as caught:
-            async with provider.stream(REQUEST):
-                pass
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
-    assert URL in str(caught.value)
-    assert API_KEY not in str(caught.value)
-
-
-async def test_connect_timeout() -> None:
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectTimeout("timed out", request=request)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(slow)) as client:
-        with pytest.raises(ProviderTimeout):
-            async with provider_for(client).stream(REQUEST):
-                pass
-
-
-@pytest.mark.parametrize(
-    ("failure", "cls"),
-    [
-        (httpx.RemoteProtocolError("peer closed connection"), ProviderConnectionError),
-        (httpx.ReadError("connection reset by peer"), ProviderConnectionError),
-        (httpx.ReadTimeout("read timed out"), ProviderTimeout),
-    ],
-    ids=["remote-protocol", "read-error", "read-timeout"],
-)
-async def test_transport_error_mid_stream(failure: Exception, cls: type[ProviderError]) -> None:
-    head = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    server, body = streaming([head + event(text_delta(0, "partial"))], then=failure)
-    received: list[list[Chunk]] = []
-    async with client_for(server) as client:
-        with pytest.raises(cls) as caught:
-            await consume(provider_for(client), received)
-    assert received == [[TextDelta("partial")]]
-    assert caught.value.__cause__ is failure
-    assert "mid-reply" in str(caught.value)
-    assert body.closed
+    shown = repr(call)
+    assert API_KEY not in shown
+    assert shown == f"HTTPCall(POST {URL}, 1 secrets masked)"
 
 
 # --- malformed streams -----------------------------------------------------------------
@@ -1127,14 +691,6 @@ async def test_stream_ending_without_message_stop_is_malformed() -> None:
             await consume(provider_for(client), received)
     assert flat(received)[:3] == [TextDelta("Hel"), TextDelta("lo"), Finish("stop")]
     assert body.closed
-
-
-async def test_stream_cut_inside_an_event_is_malformed() -> None:
-    cut = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    server, _ = streaming([cut, b'event: content_block_delta\ndata: {"type":"content_bl'])
-    async with client_for(server) as client:
-        with pytest.raises(MalformedStreamError, match="no message_stop"):
-            await collect(provider_for(client))
 
 
 @pytest.mark.parametrize(
@@ -1154,74 +710,7 @@ async def test_garbage_bytes_are_malformed(garbage: bytes) -> None:
     assert body.closed
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b"data: {not json}\n\n",
-        b'data: {"type": 5}\n\n',
-        b"data: [1, 2]\n\n",
-        b"event: content_block_delta\ndata: \xff\n\n",
-        b'data: {"type": "content_block_delta", "index": 0, "delta": "text"}\n\n',
-    ],
-    ids=["not-json", "wrong-type", "array", "bad-utf8", "wrong-delta"],
-)
-async def test_malformed_payload_after_good_events(payload: bytes) -> None:
-    head = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    stream = head + event(text_delta(0, "good")) + payload + event(text_delta(0, "never"))
-    server, body = streaming(stream)
-    received: list[list[Chunk]] = []
-    async with client_for(server) as client:
-        with pytest.raises(MalformedStreamError) as caught:
-            await consume(provider_for(client), received)
-    # The good chunk of the same read is delivered first; nothing after the bad payload is.
-    assert received == [[TextDelta("good")]]
-    assert "not a Messages event" in str(caught.value)
-    assert isinstance(caught.value.__cause__, Exception)
-    assert body.closed
-
-
 # --- errors inside the stream ----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kind", "message", "cls"),
-    [
-        ("overloaded_error", "Overloaded", OverloadedError),
-        ("rate_limit_error", "Rate limited", RateLimitError),
-        ("api_error", "Internal server error", ServerError),
-        ("invalid_request_error", "Bad thing", BadRequestError),
-        ("invalid_request_error", "prompt is too long: 5 > 4", ContextOverflowError),
-        ("authentication_error", "invalid x-api-key", AuthenticationError),
-        ("permission_error", "not allowed", PermissionDeniedError),
-        ("not_found_error", "no such model", NotFoundError),
-        ("mystery_error", "who knows", ProviderError),
-    ],
-)
-async def test_error_event_mid_stream(kind: str, message: str, cls: type[ProviderError]) -> None:
-    head = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    error = {"type": "error", "error": {"details": None, "type": kind, "message": message}}
-    server, body = streaming([head + event(text_delta(0, "so far")), event(error) + b"trailing"])
-    received: list[list[Chunk]] = []
-    async with client_for(server) as client:
-        with pytest.raises(ProviderError) as caught:
-            await consume(provider_for(client), received)
-    assert type(caught.value) is cls
-    assert received == [[TextDelta("so far")]]
-    assert message in str(caught.value)
-    assert caught.value.status_code is None
-    assert caught.value.provider == "anthropic-messages"
-    assert body.closed
-
-
-async def test_error_event_is_raised_after_the_batch_that_precedes_it() -> None:
-    head = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    server, _ = streaming(head + event(text_delta(0, "partial")) + event(error))  # one read
-    received: list[list[Chunk]] = []
-    async with client_for(server) as client:
-        with pytest.raises(OverloadedError):
-            await consume(provider_for(client), received)
-    assert received == [[TextDelta("partial")]]
 
 
 async def test_error_event_without_event_name_or_with_unparsable_data() -> None:
@@ -1235,135 +724,3 @@ async def test_error_event_without_event_name_or_with_unparsable_data() -> None:
         with pytest.raises(ProviderError, match="upstream exploded") as caught:
             await collect(provider_for(client))
     assert type(caught.value) is ProviderError
-
-
-# --- closing ---------------------------------------------------------------------------
-
-
-async def test_response_closed_when_cancelled_while_waiting_for_bytes(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    head = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    server, body = streaming([head + event(text_delta(0, "first"))], hang=True)
-    received: list[Chunk] = []
-    async with client_for(server) as client:
-        with trio.move_on_after(5) as scope:
-            async with provider_for(client).stream(REQUEST) as stream:
-                assert stream.response is not None
-                assert not stream.response.is_closed
-                async for batch in stream:
-                    received.extend(batch)
-    assert scope.cancelled_caught
-    assert received == [TextDelta("first")]
-    assert stream.response is not None
-    assert stream.response.is_closed
-    assert body.closed
-
-
-@ABANDONED_HTTPX_GENERATORS
-async def test_response_closed_when_cancelled_in_the_consumer(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    head = events(message_start(), block_start(0, {"type": "text", "text": ""}))
-    server, body = streaming([head + event(text_delta(0, "first")), event(text_delta(0, "2"))])
-    received: list[Chunk] = []
-    async with client_for(server) as client:
-        with trio.move_on_after(5) as scope:
-            async with provider_for(client).stream(REQUEST) as stream:
-                async for batch in stream:
-                    received.extend(batch)
-                    await trio.sleep_forever()  # e.g. a full subscriber
-    assert scope.cancelled_caught
-    assert received == [TextDelta("first")]
-    assert stream.response is not None
-    assert stream.response.is_closed
-    assert body.closed
-    assert body.sent == 1
-
-
-async def test_response_closed_when_cancelled_while_connecting(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async def never(request: httpx.Request) -> httpx.Response:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(never)) as client:
-        with trio.move_on_after(5) as scope:
-            async with provider_for(client).stream(REQUEST):
-                raise AssertionError("the context must not be entered")
-    assert scope.cancelled_caught
-
-
-async def test_body_is_drained_after_message_stop() -> None:
-    server, body = streaming([HELLO, b"event: ping\ndata: {}\n\n", b""])
-    async with client_for(server) as client:
-        batches = await collect(provider_for(client))
-    assert flat(batches)[:3] == [TextDelta("Hel"), TextDelta("lo"), Finish("stop")]
-    assert body.sent == 3
-    assert body.closed
-
-
-async def test_drain_gives_up_on_a_server_that_never_ends(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    server, body = streaming([HELLO], hang=True)
-    async with client_for(server) as client:
-        start = trio.current_time()
-        batches = await collect(provider_for(client))
-        waited = trio.current_time() - start
-    assert flat(batches)[-2] == Finish("stop")
-    assert 0 < waited <= 2.0
-    assert body.closed
-
-
-async def test_stream_can_be_entered_only_once_and_iterated_only_inside() -> None:
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        stream = provider_for(client).stream(REQUEST)
-        with pytest.raises(RuntimeError, match="inside its 'async with'"):
-            await stream.__anext__()
-        async with stream as batches:
-            async for _ in batches:
-                pass
-        with pytest.raises(RuntimeError, match="once"):
-            async with stream:
-                pass
-
-
-async def test_owned_client_is_closed_by_aclose() -> None:
-    provider = AnthropicMessages("m", base_url=BASE_URL)
-    provider.stream(REQUEST)  # makes the client lazily; nothing is sent until entered
-    client = provider._client  # the owned client is private; peeking is the only way
-    assert client is not None
-    assert not client.is_closed
-    assert client.timeout == httpx.Timeout(600.0, connect=10.0)
-    await provider.aclose()
-    assert client.is_closed
-    with pytest.raises(trio.ClosedResourceError):
-        provider.stream(REQUEST)
-    await provider.aclose()  # idempotent
-
-
-async def test_owned_client_closed_on_leaving_async_with() -> None:
-    async with AnthropicMessages("m", base_url=BASE_URL) as provider:
-        provider.stream(REQUEST)
-        client = provider._client
-    assert client is not None
-    assert client.is_closed
-
-
-async def test_injected_client_is_not_closed() -> None:
-    server, _ = streaming(HELLO)
-    async with client_for(server) as client:
-        async with provider_for(client) as provider:
-            await collect(provider)
-        await provider.aclose()
-        assert not client.is_closed
-    assert client.is_closed  # closed by its owner, the test
-
-
-async def test_aclose_without_client_is_a_checkpoint() -> None:
-    provider = AnthropicMessages("m")
-    with trio.testing.assert_checkpoints():
-        await provider.aclose()

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from channels import drain
 
 from trurn._broadcast import Broadcast, BroadcastStatistics, SubscriberStatistics
 
@@ -34,19 +35,6 @@ def make_hub() -> Broadcast[Item]:
 
 def evs(*ns: int) -> list[Item]:
     return [Ev(n) for n in ns]
-
-
-def drain(channel: trio.MemoryReceiveChannel[Any]) -> list[Any]:
-    """Everything buffered now; ``"END"`` marks EndOfChannel."""
-    out: list[Any] = []
-    while True:
-        try:
-            out.append(channel.receive_nowait())
-        except trio.WouldBlock:
-            return out
-        except trio.EndOfChannel:
-            out.append("END")
-            return out
 
 
 class _StepCounter(trio.abc.Instrument):

@@ -15,9 +15,11 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trurn
-from trurn import events
+from trurn import _journal, events
 from trurn._journal import (
     LINGER,
     FileOps,
@@ -44,6 +46,7 @@ from trurn._records import (
     decode_record,
     encode_line,
     encode_lines,
+    is_valid_session_id,
 )
 
 # -- helpers -------------------------------------------------------------------------------
@@ -634,6 +637,81 @@ async def test_a_second_writer_in_the_same_process_is_refused(tmp_path: Path) ->
     assert (await read_journal(path)).records == [HEADER, msg("x")]
 
 
+def key_of(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return (info.st_dev, info.st_ino)
+
+
+async def test_a_claimed_file_is_refused_until_released(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"")
+    key = key_of(path)
+    _journal.claim(key, path, "the test")
+    try:
+        with pytest.raises(
+            SessionLockedError,
+            match=r"s\.jsonl is already open for writing in this process \(as the test\)",
+        ):
+            await open_journal(path)
+        with pytest.raises(SessionLockedError, match=r"\Acannot delete: .*\(as the test\)\Z"):
+            _journal.claim(key, path, "another", doing="delete")
+    finally:
+        _journal.release(key)
+    async with await open_journal(path):  # the journal claims it in turn
+        with pytest.raises(SessionLockedError, match=r"\(as .*s\.jsonl\)"):
+            _journal.claim(key, tmp_path / "other-name", "the test")
+    _journal.claim(key, path, "the test")  # closing released it
+    _journal.release(key)
+    _journal.release(key)  # releasing twice is harmless
+
+
+async def test_create_never_goes_through_a_dangling_symlink(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "s.jsonl"
+    link.symlink_to(elsewhere / "planted.jsonl")
+    with pytest.raises(SessionWriteError) as caught:
+        await open_journal(link, create=True)
+    message = str(caught.value)
+    assert str(link) in message
+    assert "does not exist" in message
+    assert "nothing was created" in message
+    assert list(elsewhere.iterdir()) == []
+    assert link.is_symlink()
+    with pytest.raises(FileNotFoundError):  # without create, as before
+        await open_journal(link)
+    # A link to a file that exists is opened as that file.
+    (elsewhere / "planted.jsonl").write_bytes(encode_line(HEADER))
+    async with await open_journal(link, create=True) as journal:
+        await journal.append([msg("x")])
+    assert (await read_journal(elsewhere / "planted.jsonl")).records == [HEADER, msg("x")]
+
+
+def test_concurrent_creators_share_one_file(tmp_path: Path) -> None:
+    # Threads, not trio tasks: a second journal in this process would be refused, but
+    # _open_sync is also what two processes creating one file run at the same time.
+    path = tmp_path / "s.jsonl"
+    start = threading.Barrier(8)
+    fds: list[int] = []
+
+    def create() -> None:
+        start.wait()
+        fds.append(_journal._open_sync(path, os.O_RDWR | os.O_APPEND, True))
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert len(fds) == 8
+        assert {(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in fds} == {key_of(path)}
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 _OTHER_PROCESS = """
 import sys, trio
 from trurn._journal import SessionLockedError, open_journal
@@ -876,11 +954,50 @@ def test_bad_session_ids_are_refused(session_id: str, problem: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "session_id", ["ok-id_1.2", "20261121100816405", "a..b", ".hidden", "x" * 128]
+    "session_id",
+    [
+        *["ok-id_1.2", "20261121100816405", "a..b", ".hidden", "x" * 128],
+        # Only the device names themselves (before any dot) are reserved.
+        *["console", "con-1", "COM10", "LPT0", "null", "aux_", "x.nul", ".con", "prn2.txt"],
+    ],
 )
 def test_good_session_ids_pass(session_id: str) -> None:
     assert validate_session_id(session_id) == session_id
     assert msgspec.convert({"session_id": session_id}, Header).session_id == session_id
+
+
+WINDOWS_DEVICES = ["CON", "con", "Nul", "nul.txt", "Con.1", "aux", "PRN", "COM1", "com9", "LPT1"]
+
+
+@pytest.mark.parametrize("session_id", [*WINDOWS_DEVICES, "lpt5.tar.gz"])
+def test_windows_device_names_are_refused_on_every_platform(session_id: str) -> None:
+    with pytest.raises(SessionIdError) as info:
+        validate_session_id(session_id)
+    device = session_id.partition(".")[0].upper()
+    assert f"cannot be {session_id!r}: {device} is a reserved device name on Windows" in str(
+        info.value
+    )
+    assert not is_valid_session_id(session_id)
+
+
+def accepted(session_id: str) -> bool:
+    try:
+        validate_session_id(session_id)
+    except SessionIdError:
+        return False
+    return True
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="aAcClLmMnNoOpPrRuUxX0159._-/ ", max_size=8),
+        st.tuples(st.sampled_from(WINDOWS_DEVICES), st.text(alphabet="a1.", max_size=4)).map(
+            "".join
+        ),
+    )
+)
+def test_is_valid_session_id_agrees_with_validate_session_id(session_id: str) -> None:
+    assert is_valid_session_id(session_id) == accepted(session_id)
 
 
 def test_a_session_id_that_is_not_a_string() -> None:

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
+from channels import drain
 
 from trurn._broadcast import Broadcast
 from trurn._nucleus import Nucleus, Transition
@@ -21,18 +20,6 @@ def counter(state: int, signal: str, /) -> Transition[int, str]:
     if signal == "stop":
         return Transition(state, ("stopped",), terminal=True)
     raise ValueError(f"unknown signal {signal!r}")
-
-
-def drain(channel: trio.MemoryReceiveChannel[Any]) -> list[Any]:
-    out: list[Any] = []
-    while True:
-        try:
-            out.append(channel.receive_nowait())
-        except trio.WouldBlock:
-            return out
-        except trio.EndOfChannel:
-            out.append("END")
-            return out
 
 
 async def signals_from(*signals: str) -> trio.MemoryReceiveChannel[str]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from channels import drain
 from fakes import HANG, FakeProvider, Reply, assert_valid_history, text_reply, tool_reply
 
 import trurn
@@ -116,6 +117,42 @@ def user_texts(messages: Sequence[Message]) -> list[str]:
     return [m.content for m in messages if isinstance(m, UserMessage)]
 
 
+@asynccontextmanager
+async def serving(
+    agent: trurn.Agent, context: trurn.Context | None = None
+) -> AsyncIterator[trio.MemoryReceiveChannel[events.Event]]:
+    """``agent`` serving ``context`` (a new one if None) for the block, with a subscription
+    to its events; serving stops when the block ends."""
+    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
+        await nursery.start(agent.serve, trurn.Context() if context is None else context)
+        yield stream
+        nursery.cancel_scope.cancel()
+
+
+class BackgroundTurn:
+    """What a turn run by :func:`turn_in_background` emitted, and its result once ended."""
+
+    def __init__(self) -> None:
+        self.seen: list[events.Event] = []
+        self.results: list[trurn.TurnResult] = []
+
+
+@asynccontextmanager
+async def turn_in_background(
+    agent: trurn.Agent, context: trurn.Context
+) -> AsyncIterator[BackgroundTurn]:
+    """A turn ("Go") of ``agent`` on ``context`` that runs while the block does; leaving
+    the block waits for it to end."""
+    turn = BackgroundTurn()
+
+    async def run() -> None:
+        turn.results.append(await agent.run_turn(context, "Go", on_event=turn.seen.append))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        yield turn
+
+
 # -- serve and send ----------------------------------------------------------------------------
 
 
@@ -125,13 +162,11 @@ async def test_serve_runs_the_messages_in_order(
     provider = FakeProvider([text_reply("A."), text_reply("B."), text_reply("C.")])
     agent = trurn.Agent(provider)
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("a")
         agent.send_nowait("b")
         await agent.send("c")
         seen = await read_until(stream, 3)
-        nursery.cancel_scope.cancel()
 
     assert [e.input for e in of_type(seen, events.TurnStarted)] == ["a", "b", "c"]
     assert [e.text for e in of_type(seen, events.TurnFinished)] == ["A.", "B.", "C."]
@@ -147,12 +182,10 @@ async def test_a_provider_error_does_not_stop_serve(
     provider = FakeProvider([trurn.BadRequestError("bad request"), text_reply("Fine.")])
     agent = trurn.Agent(provider, retry=None)
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("first")
         await agent.send("second")
         seen = await read_until(stream, 2)
-        nursery.cancel_scope.cancel()
 
     finished = of_type(seen, events.TurnFinished)
     assert [e.stop_reason for e in finished] == ["error", "completed"]
@@ -197,8 +230,7 @@ async def test_steer_joins_the_running_turn_at_the_next_step(
     )
     agent = trurn.Agent(provider, tools=[wait_for])
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("start")
         await GATES["started g"].wait()  # the turn is in its tool call
         await agent.send("later")  # for the next turn
@@ -206,7 +238,6 @@ async def test_steer_joins_the_running_turn_at_the_next_step(
         assert agent.pending_messages() == ["later", "also this"]
         GATES["g"].set()
         seen = await read_until(stream, 2)
-        nursery.cancel_scope.cancel()
 
     first, second = of_type(seen, events.TurnStarted)
     assert (first.input, second.input) == ("start", "later")
@@ -232,14 +263,12 @@ async def test_a_steering_message_waits_for_the_next_turn_if_the_turn_ends_first
     provider = GatedProvider([text_reply("One."), text_reply("Two.")], gated=[1])
     agent = trurn.Agent(provider)
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("first")
         await GATES["asked 1"].wait()  # the turn's only model call has begun
         await agent.send("steer me", steer=True)
         GATES["model 1"].set()
         seen = await read_until(stream, 2)
-        nursery.cancel_scope.cancel()
 
     assert [e.input for e in of_type(seen, events.TurnStarted)] == ["first", "steer me"]
     assert not of_type(seen, events.UserInjected)
@@ -256,15 +285,13 @@ async def test_steering_waits_while_a_turn_is_cancelled_after_turn(
     provider = FakeProvider([tool_reply(call("c1", "g")), text_reply("Next.")])
     agent = trurn.Agent(provider, tools=[wait_for])
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("start")
         await GATES["started g"].wait()
         await agent.send("steer", steer=True)
         assert agent.cancel("after_turn") is True
         GATES["g"].set()
         seen = await read_until(stream, 2)
-        nursery.cancel_scope.cancel()
 
     assert [e.stop_reason for e in of_type(seen, events.TurnFinished)] == ["aborted", "completed"]
     assert [e.input for e in of_type(seen, events.TurnStarted)] == ["start", "steer"]
@@ -281,11 +308,9 @@ async def test_send_to_an_agent_that_is_not_serving_is_refused(
     with pytest.raises(trio.ClosedResourceError, match=r"agent\.serve\(context\)"):
         agent.send_nowait("too early")
 
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, trurn.Context())
+    async with serving(agent) as stream:
         await agent.send("hello")
         await read_until(stream, 1)
-        nursery.cancel_scope.cancel()
 
     # The agent closed: a steering message (or any other) fails loudly.
     with pytest.raises(trio.ClosedResourceError, match="this agent is not serving"):
@@ -315,8 +340,7 @@ async def test_a_full_inbox_refuses_send_nowait_and_clear_empties_it(
     provider = FakeProvider([tool_reply(call("c1", "g")), text_reply("Done."), text_reply("Z.")])
     agent = trurn.Agent(provider, tools=[wait_for], max_pending=2)
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("start")
         await GATES["started g"].wait()
         agent.send_nowait("x")
@@ -330,7 +354,6 @@ async def test_a_full_inbox_refuses_send_nowait_and_clear_empties_it(
         agent.send_nowait("z")
         GATES["g"].set()
         seen = await read_until(stream, 2)
-        nursery.cancel_scope.cancel()
 
     assert [e.input for e in of_type(seen, events.TurnStarted)] == ["start", "z"]
     assert user_texts(context.messages) == ["start", "z"]
@@ -402,11 +425,9 @@ async def test_a_second_serve_is_refused(
         nursery.cancel_scope.cancel()
 
     # Once the first has ended, the agent may serve again.
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, trurn.Context())
+    async with serving(agent) as stream:
         await agent.send("hello")
         seen = await read_until(stream, 1)
-        nursery.cancel_scope.cancel()
     assert of_type(seen, events.TurnFinished)[0].stop_reason == "completed"
 
 
@@ -427,7 +448,6 @@ async def test_cancelling_serve_mid_turn_leaves_no_task_and_a_valid_history(
     provider = FakeProvider([tool_reply(call("c1", "g")), [[TextDelta("never")], HANG]])
     agent = trurn.Agent(provider, tools=[wait_for])
     context = trurn.Context()
-    seen: list[events.Event] = []
     async with agent.subscribe() as stream:
         with trio.move_on_after(10):
             async with trio.open_nursery() as nursery:
@@ -436,11 +456,7 @@ async def test_cancelling_serve_mid_turn_leaves_no_task_and_a_valid_history(
                 agent.send_nowait("queued")
                 await GATES["started g"].wait()
                 # Cancelled by the deadline while the tool waits.
-        while True:
-            try:
-                seen.append(stream.receive_nowait())
-            except trio.WouldBlock:
-                break
+        seen = drain(stream)
 
     assert LOG == ["start g", "cancelled g"]
     assert provider.open_streams == 0
@@ -583,19 +599,13 @@ async def test_cancel_now_mid_tool_gives_cancelled_results(
     provider = FakeProvider([reply])
     agent = trurn.Agent(provider, tools=[wait_for])
     context = trurn.Context()
-    seen: list[events.Event] = []
-    results: list[trurn.TurnResult] = []
-
-    async def turn() -> None:
-        results.append(await agent.run_turn(context, "Go", on_event=seen.append))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(turn)
+    async with turn_in_background(agent, context) as turn:
         await GATES["started g"].wait()
         await GATES["started h"].wait()
         assert agent.cancel("now", reason="enough") is True
 
-    (result,) = results
+    (result,) = turn.results
+    seen = turn.seen
     assert result.stop_reason == "aborted"
     assert result.text == "Checking."
     assert result.usage.total_tokens == 15
@@ -632,18 +642,12 @@ async def test_cancel_now_abandons_a_sync_tool_that_ignores_cancellation(
     provider = FakeProvider([tool_reply(("s1", "stubborn", "{}"))])
     agent = trurn.Agent(provider, tools=[stubborn])
     context = trurn.Context()
-    results: list[trurn.TurnResult] = []
-
-    async def turn() -> None:
-        results.append(await agent.run_turn(context, "Go"))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(turn)
+    async with turn_in_background(agent, context) as turn:
         await started.wait()
         agent.cancel("now", reason="stop waiting")
     # The turn ended while the thread still runs: its result is "cancelled".
     assert not finished.is_set()
-    [result] = results
+    [result] = turn.results
     assert result.stop_reason == "aborted"
     [tool_result] = [m for m in context.messages if isinstance(m, ToolMessage)]
     assert tool_result.status == "cancelled"
@@ -734,14 +738,12 @@ async def test_cancel_while_serve_is_idle_does_not_touch_the_next_turn(
     watchdog: None,
 ) -> None:
     agent = trurn.Agent(FakeProvider([text_reply("Fine.")]))
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, trurn.Context())
+    async with serving(agent) as stream:
         await trio.testing.wait_all_tasks_blocked()
         assert agent.cancel("now") is False
         assert agent.cancel("after_turn") is False
         await agent.send("hi")
         seen = await read_until(stream, 1)
-        nursery.cancel_scope.cancel()
     assert of_type(seen, events.TurnFinished)[0].stop_reason == "completed"
 
 
@@ -778,21 +780,15 @@ async def test_cancel_now_after_after_turn_hurries_the_stop(
     provider = FakeProvider([tool_reply(call("c1", "g")), text_reply("never asked")])
     agent = trurn.Agent(provider, tools=[wait_for])
     context = trurn.Context()
-    seen: list[events.Event] = []
-    results: list[trurn.TurnResult] = []
-
-    async def turn() -> None:
-        results.append(await agent.run_turn(context, "Go", on_event=seen.append))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(turn)
+    async with turn_in_background(agent, context) as turn:
         await GATES["started g"].wait()
         assert agent.cancel("after_turn", reason="gently") is True
         await trio.sleep(60)
-        assert results == []  # still waiting for its tool
+        assert turn.results == []  # still waiting for its tool
         assert agent.cancel("now", reason="hurry") is True
 
-    (result,) = results
+    (result,) = turn.results
+    seen = turn.seen
     assert result.stop_reason == "aborted"
     assert LOG == ["start g", "cancelled g"]
     assert len(provider.requests) == 1
@@ -811,14 +807,12 @@ async def test_cancel_in_serve_stops_one_turn_and_serve_goes_on(
     provider = FakeProvider([tool_reply(call("c1", "g")), text_reply("Second.")])
     agent = trurn.Agent(provider, tools=[wait_for])
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         await agent.send("first")
         await agent.send("second")
         await GATES["started g"].wait()
         assert agent.cancel("now", reason="skip it") is True
         seen = await read_until(stream, 2)
-        nursery.cancel_scope.cancel()
 
     assert [e.stop_reason for e in of_type(seen, events.TurnFinished)] == ["aborted", "completed"]
     assert of_type(seen, events.RunAborted)[0].message == "skip it"
@@ -838,8 +832,7 @@ async def test_a_served_context_takes_turns_only_from_its_agent(
     agent = trurn.Agent(FakeProvider([text_reply("Hi.")]))
     other = trurn.Agent(FakeProvider([]))
     context = trurn.Context()
-    async with agent.subscribe() as stream, trio.open_nursery() as nursery:
-        await nursery.start(agent.serve, context)
+    async with serving(agent, context) as stream:
         # A direct turn on it is refused, and serve goes on with its queue intact.
         with pytest.raises(RuntimeError, match="serving this context"):
             await agent.run_turn(context, "direct")
@@ -847,7 +840,6 @@ async def test_a_served_context_takes_turns_only_from_its_agent(
             await other.serve(context)
         await agent.send("hello")
         seen = await read_until(stream, 1)
-        nursery.cancel_scope.cancel()
     assert of_type(seen, events.TurnFinished)[0].stop_reason == "completed"
     # Once serve has ended, the context is free again.
     assert not context._served

@@ -559,6 +559,62 @@ async def test_listing_never_reads_through_a_link_out_of_the_store(tmp_path: Pat
     assert f"refusing to read session 'x': {link} is a link to {outside}" in info.error
 
 
+async def test_a_context_never_creates_a_file_through_a_dangling_link(tmp_path: Path) -> None:
+    # A cloned repository can hold a link to where the clone's owner wants a file made.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "chat.jsonl"
+    link.symlink_to(elsewhere / "planted.jsonl")
+    pattern = rf"{link} is a symbolic link to .*planted\.jsonl, which does not exist"
+    with pytest.raises(SessionWriteError, match=pattern):
+        await trurn.Context(link).restore()
+    with pytest.raises(SessionWriteError, match=pattern):
+        async with trurn.Context(link):
+            pass
+    assert list(elsewhere.iterdir()) == []
+    # Once the file exists the link is a way to it, as the store's links are.
+    (elsewhere / "planted.jsonl").write_bytes(b"")
+    async with trurn.Context(link) as context:
+        await append_and_flush(context, UserMessage("hi"))
+    assert await contents_of(link) == ["hi"]
+    assert b'"hi"' in (elsewhere / "planted.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("linked", [".trurn", ".trurn/sessions"])
+async def test_a_sessions_dir_linked_out_of_the_work_dir_is_refused(
+    tmp_path: Path, linked: str
+) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    outside = work(tmp_path, "outside")
+    (project / linked).parent.mkdir(parents=True, exist_ok=True)
+    (project / linked).symlink_to(outside)
+    sessions = project / ".trurn" / "sessions"
+    export = tmp_path / "chat.md"
+    await store.export_markdown((await write_session(store, None, "src", [])).stem, export)
+    before = files_under(tmp_path / "root")
+    pattern = rf"{sessions} leads out of the work dir {project} \(resolved: {outside}.*nothing"
+    with pytest.raises(SessionError, match=pattern):
+        await store.create(project, "s")
+    with pytest.raises(SessionError, match=pattern):
+        await store.fork("src", work_dir=project)
+    with pytest.raises(SessionError, match=pattern):
+        await store.import_markdown(export, work_dir=project)
+    assert list(outside.iterdir()) == []
+    assert files_under(tmp_path / "root") == before
+
+
+async def test_a_sessions_dir_linked_within_the_work_dir_is_used(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    (project / "state").mkdir()
+    (project / ".trurn").symlink_to(project / "state")
+    path = await write_session(store, project, "s", [UserMessage("hi")])
+    assert (project / "state" / "sessions" / "s.jsonl").resolve() == path
+    async with await store.open("s", work_dir=project) as context:
+        assert [m.content for m in context.messages] == ["hi"]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 async def test_a_fifo_in_the_store_is_refused_without_blocking(tmp_path: Path) -> None:
     store = make_store(tmp_path)

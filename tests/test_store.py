@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trurn._store
+from trurn import _journal, events
 from trurn._context import Context
 from trurn._errors import (
     SessionCorruptError,
@@ -22,7 +25,7 @@ from trurn._errors import (
     SessionLockedError,
     SessionWriteError,
 )
-from trurn._journal import open_journal, parse_journal, read_journal
+from trurn._journal import index_journal, open_journal, parse_journal, read_journal
 from trurn._messages import (
     AssistantMessage,
     Message,
@@ -35,6 +38,7 @@ from trurn._messages import (
 )
 from trurn._records import (
     Compaction,
+    EventRecord,
     Header,
     MessageRecord,
     Record,
@@ -46,9 +50,11 @@ from trurn._store import (
     SessionExistsError,
     SessionNotFoundError,
     SessionStore,
+    new_session_id,
     parse_markdown,
     render_markdown,
     shorten_title,
+    summarize,
 )
 
 # -- helpers -------------------------------------------------------------------------------
@@ -214,10 +220,12 @@ async def test_trurn_home_places_sessions(tmp_path: Path) -> None:
 
 # -- ids -----------------------------------------------------------------------------------
 
-# The last four: NUL, and unicode lookalikes of "/" and ".." and an invisible character.
+# Then NUL, unicode lookalikes of "/" and ".." and an invisible character, and Windows
+# device names.
 BAD_IDS = [
     *["../x", "a/b", "..", ".", "x" * 300, "", "a\\b", "a b", "x\n"],
     *["a\x00b", "a\u2215b", "\uff0e\uff0e", "abc\u200b"],
+    *["nul.txt", "Con", "com1"],
 ]
 
 
@@ -243,6 +251,15 @@ async def test_a_bad_id_is_refused_before_any_file_is_touched(tmp_path: Path, ba
     assert not (tmp_path / "root").exists()
     assert list(project.iterdir()) == []
     assert names(tmp_path) == ["export.md", "project"]
+
+
+@given(
+    now=st.floats(min_value=0, max_value=2**35, allow_nan=False),
+    token=st.text(alphabet="0123456789abcdef", min_size=8, max_size=8),
+)
+def test_no_fresh_id_is_ever_refused(now: float, token: str) -> None:
+    # Digits first, no dot: never a Windows device name either.
+    assert _journal.validate_session_id(new_session_id(now, token)) == new_session_id(now, token)
 
 
 async def test_the_same_id_on_the_same_day_never_shares_a_file(tmp_path: Path) -> None:
@@ -437,6 +454,88 @@ async def test_list_reports_a_bad_file_instead_of_failing(tmp_path: Path) -> Non
     assert good.read_bytes().count(b"\n") == 2  # listing wrote nothing
 
 
+# What list() reports, computed from every record (the straightforward way).
+def summary_of_all(records: list[Record]) -> tuple[object, ...]:
+    header = records[0] if records and isinstance(records[0], Header) else None
+    messages = [r.message for r in records if isinstance(r, MessageRecord)]
+    title = next((shorten_title(m.content) for m in messages if isinstance(m, UserMessage)), None)
+    usages = [m.usage for m in messages if isinstance(m, AssistantMessage) and m.usage]
+    return (
+        None if header is None else (header.created_at, header.work_dir),
+        title,
+        len(messages),
+        usages[-1] if usages else None,
+    )
+
+
+MARKER = '\n{"kind":"message","seq":0,"ts":1.0,"message":{"role":"user","content":"fake"}}\n'
+POOL: list[Record] = [
+    MessageRecord(message=SystemMessage("sys")),
+    MessageRecord(message=UserMessage("first " + MARKER)),
+    MessageRecord(message=UserMessage(MARKER * 2)),
+    MessageRecord(message=AssistantMessage(content=MARKER, usage=Usage(input_tokens=1))),
+    MessageRecord(message=AssistantMessage(content="no usage")),
+    MessageRecord(message=AssistantMessage(content="later", usage=Usage(input_tokens=2))),
+    MessageRecord(message=ToolMessage(tool_call_id="c", name="t", content=MARKER)),
+    TurnStart(turn_id="t"),
+    TurnEnd(turn_id="t", stop_reason="completed", usage=Usage(input_tokens=9)),
+    Compaction(summary=MARKER, first_kept=1),
+    EventRecord(event=events.AssistantDelta(seq=1, turn_id="t", text=MARKER)),
+]
+
+
+@given(
+    picks=st.lists(st.integers(0, len(POOL) - 1), max_size=12),
+    header=st.booleans(),
+    cut=st.integers(0, 40),
+    crlf=st.booleans(),
+    respaced=st.integers(-1, 12),
+)
+def test_list_summarises_as_decoding_every_record_would(
+    picks: list[int], header: bool, cut: int, crlf: bool, respaced: int
+) -> None:
+    records = [Header(session_id="s", created_at=5.0, work_dir="/w")] if header else []
+    records += [POOL[i] for i in picks]
+    lines = [encode_lines([r]) for r in records]
+    if 0 <= respaced < len(lines):  # one line not written as trurn writes (hand-edited)
+        lines[respaced] = lines[respaced].replace(b'{"kind":"', b'{ "kind" : "', 1)
+    if crlf:
+        lines = [line.replace(b"\n", b"\r\n") for line in lines]
+    data = b"".join(lines)
+    if cut and lines:  # the last line torn
+        data = data[: -min(cut, len(lines[-1]) - 1)]
+    try:
+        expected: object = summary_of_all(parse_journal(data, "f").records)
+    except SessionError as exc:
+        expected = str(exc)
+    try:
+        info = summarize("s", Path("f"), index_journal(data, "f"), 0.0)
+        found: object = (
+            None if info.created_at is None else (info.created_at, info.work_dir),
+            info.title,
+            info.message_count,
+            info.last_usage,
+        )
+    except SessionError as exc:
+        found = str(exc)
+    assert found == expected
+
+
+async def test_list_reads_a_long_session_without_decoding_every_line(tmp_path: Path) -> None:
+    # Only the header, the first user message and the newest usage are decoded: a line
+    # damaged past its start elsewhere is left for restoring to report.
+    store = make_store(tmp_path)
+    path = await write_session(store, None, "long", conversation("a") * 50)
+    lines = path.read_bytes().split(b"\n")
+    lines[100] = lines[100][:30] + b"\x00 damaged"
+    path.write_bytes(b"\n".join(lines))
+    [info] = await store.list()
+    assert (info.title, info.message_count, info.error) == ("Find a please", 200, None)
+    assert info.last_usage == Usage(input_tokens=9, total_tokens=12)
+    with pytest.raises(SessionCorruptError, match="line 101"):
+        await store.open("long")
+
+
 def test_shorten_title() -> None:
     assert shorten_title("  a\n\tb  ") == "a b"
     assert shorten_title("abcdef", limit=4) == "abc…"
@@ -582,6 +681,30 @@ async def test_delete_refuses_an_open_session(tmp_path: Path) -> None:
         assert (project / ".trurn" / "sessions" / "open.jsonl").is_symlink()
     await store.delete("open", work_dir=project)
     assert files_under(tmp_path / "root") == []
+
+
+async def test_delete_refuses_a_file_claimed_in_this_process(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    project = work(tmp_path)
+    path = await write_session(store, project, "held", [])
+    info = path.stat()
+    key = (info.st_dev, info.st_ino)
+    _journal.claim(key, path, "another writer")
+    try:
+        with pytest.raises(
+            SessionLockedError,
+            match=r"\Acannot delete: .*held\.jsonl is already open for writing in this"
+            r" process \(as another writer\)\Z",
+        ):
+            await store.delete("held", work_dir=project)
+        assert path.exists()
+        assert (project / ".trurn" / "sessions" / "held.jsonl").is_symlink()
+    finally:
+        _journal.release(key)
+    await store.delete("held", work_dir=project)
+    assert not path.exists()
+    _journal.claim(key, path, "the test")  # delete released its own claim
+    _journal.release(key)
 
 
 async def test_delete_a_link_whose_file_is_gone(tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ from contextlib import AsyncExitStack
 import pytest
 import trio
 import trio.testing
-from fakes import HANG, FakeProvider, assert_valid_history, text_reply, tool_reply
+from channels import drain
+from fakes import HANG, FakeProvider, Reply, assert_valid_history, text_reply, tool_reply
 
 import trurn
 from trurn import events
-from trurn._chunks import Finish, TextDelta, ToolCallDelta
+from trurn._chunks import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from trurn._context import unanswered_tool_calls
 from trurn._messages import AssistantMessage, ToolMessage, UserMessage
 
@@ -310,10 +311,16 @@ async def test_cancel_mid_stream_keeps_partial_text_and_closes_the_stream(
     assert finished.stop_reason == "aborted"
 
 
-async def test_cancel_before_any_output_leaves_only_the_user_message(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize(
+    "reply",
+    [[HANG], [[ReasoningDelta("hmm")], HANG]],
+    ids=["before-any-output", "after-reasoning-only"],
+)
+async def test_cancel_before_any_text_leaves_only_the_user_message(
+    reply: Reply, autojump_clock: trio.testing.MockClock
 ) -> None:
-    provider = FakeProvider([[HANG]])
+    # No text and no tool call yet: no empty assistant message is kept.
+    provider = FakeProvider([reply])
     context = trurn.Context()
     with trio.move_on_after(1):
         await trurn.Agent(provider).run_turn(context, "x")
@@ -391,12 +398,7 @@ async def test_a_drop_subscriber_that_never_reads_does_not_block_the_turn(
     async with agent.subscribe(max_buffer=4, policy="drop") as stuck:
         result = await agent.run_turn(trurn.Context(), "x")
         assert result.text == "x" * 50
-        received = []
-        while True:
-            try:
-                received.append(stuck.receive_nowait())
-            except trio.WouldBlock:
-                break
+        received = drain(stuck)
     # The subscriber was told what it missed and still got the end of the turn.
     assert any(isinstance(e, events.EventsDropped) for e in received)
     assert isinstance(received[-1], events.TurnFinished)
@@ -412,26 +414,9 @@ async def test_a_wait_subscriber_that_never_reads_cannot_stop_a_cancel(
         with trio.move_on_after(1) as scope:
             await agent.run_turn(context, "x")
         assert scope.cancelled_caught
-        received = []
-        while True:
-            try:
-                received.append(stuck.receive_nowait())
-            except trio.WouldBlock:
-                break
+        received = drain(stuck)
     assert isinstance(received[-1], events.TurnFinished)
     assert provider.open_streams == 0
-
-
-async def test_cancel_after_reasoning_only_keeps_no_empty_assistant_message(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    from trurn._chunks import ReasoningDelta
-
-    provider = FakeProvider([[[ReasoningDelta("hmm")], HANG]])
-    context = trurn.Context()
-    with trio.move_on_after(1):
-        await trurn.Agent(provider).run_turn(context, "x")
-    assert list(context.messages) == [UserMessage("x")]
 
 
 # --- callbacks that fail, interrupts -----------------------------------------------------

@@ -13,9 +13,10 @@ background writer (:meth:`Journal.serve_writer`) that writes what
 journal, asleep while there is nothing to write.
 
 Reading: :func:`parse_journal` turns the bytes of a file into records (pure), and
-:func:`read_journal` is its async shell. A torn last line (a crash mid-write) is reported
-and ignored; any other bad line is an error naming the file and the line. Reading never
-changes the file.
+:func:`read_journal` is its async shell; :func:`index_journal` finds the header and the
+messages without decoding every line, for listing many files. A torn last line (a crash
+mid-write) is reported and ignored; any other bad line is an error naming the file and
+the line. Reading never changes the file.
 
 Layout, restore repair (synthetic tool results) and compaction belong to the layers
 above; this module knows lines and records, not conversations.
@@ -33,7 +34,7 @@ import queue
 import re
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -49,7 +50,16 @@ from ._errors import (
     SessionVersionError,
     SessionWriteError,
 )
-from ._records import FORMAT_VERSION, Header, Record, decode_record, encode_lines
+from ._messages import Message
+from ._records import (
+    FORMAT_VERSION,
+    Header,
+    MessageRecord,
+    Record,
+    decode_record,
+    encode_lines,
+    reserved_device_name,
+)
 
 __all__ = [
     "OS_FILE_OPS",
@@ -57,15 +67,20 @@ __all__ = [
     "FsyncPolicy",
     "Journal",
     "JournalContents",
+    "JournalIndex",
     "SessionCorruptError",
     "SessionError",
     "SessionIdError",
     "SessionLockedError",
     "SessionVersionError",
     "SessionWriteError",
+    "claim",
+    "index_journal",
+    "lock_exclusive",
     "open_journal",
     "parse_journal",
     "read_journal",
+    "release",
     "validate_session_id",
 ]
 
@@ -84,8 +99,10 @@ _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 def validate_session_id(session_id: str) -> str:
     """Return ``session_id`` if it can safely be a file name, else raise :class:`SessionIdError`.
 
-    A session id is 1 to 128 characters of ``A-Z a-z 0-9 . _ -``, and not ``.`` or
-    ``..``. Pure: no file is touched.
+    A session id is 1 to 128 characters of ``A-Z a-z 0-9 . _ -``, not ``.`` or ``..``,
+    and not a Windows device name (``CON``, ``PRN``, ``AUX``, ``NUL``, ``COM1``-``COM9``,
+    ``LPT1``-``LPT9``, in any case, alone or before a dot: ``nul.txt``), on every
+    platform, since session files move between machines. Pure: no file is touched.
     """
     if not isinstance(session_id, str):
         raise SessionIdError(f"a session id must be a str, got {type(session_id).__name__}")
@@ -105,6 +122,12 @@ def validate_session_id(session_id: str) -> str:
         raise SessionIdError(
             "a session id may only contain letters A-Z a-z, digits, '.', '_' and '-';"
             f" {session_id!r} contains {', '.join(map(repr, bad))}"
+        )
+    device = reserved_device_name(session_id)
+    if device is not None:
+        raise SessionIdError(
+            f"a session id cannot be {session_id!r}: {device} is a reserved device name on"
+            " Windows, so its file could not be opened there"
         )
     return session_id
 
@@ -199,6 +222,19 @@ def parse_journal(data: bytes, path: str | os.PathLike[str]) -> JournalContents:
     is not a record, except a torn last line, which is reported in ``torn_tail``.
     """
     path = os.fspath(path)
+    _check_no_bom(data, path)
+    end_offset = data.rfind(b"\n") + 1
+    lines = data[:end_offset].split(b"\n")
+    lines.pop()  # what follows the last newline: the tail, handled below
+    records = [_decode_line(line, number, path) for number, line in enumerate(lines, start=1)]
+    tail = data[end_offset:]
+    _check_tail(tail, len(lines), path)
+    return JournalContents(
+        path=path, records=records, end_offset=end_offset, torn_tail=tail or None
+    )
+
+
+def _check_no_bom(data: bytes, path: str) -> None:
     if data.startswith(codecs.BOM_UTF8):
         raise SessionCorruptError(
             f"{path}: line 1: not a session record (the file starts with a UTF-8 byte order "
@@ -206,32 +242,25 @@ def parse_journal(data: bytes, path: str | os.PathLike[str]) -> JournalContents:
             path=path,
             line=1,
         )
-    end_offset = data.rfind(b"\n") + 1
-    tail = data[end_offset:]
-    lines = data[:end_offset].split(b"\n")
-    lines.pop()  # what follows the last newline: the tail, handled below
-    records: list[Record] = []
-    for number, line in enumerate(lines, start=1):
-        if number == 1:
-            _check_version(line, path)
-        records.append(_decode_line(line, number, path))
-    if tail and not _is_torn_record(tail, after_lines=end_offset > 0):
+
+
+def _check_tail(tail: bytes, lines: int, path: str) -> None:
+    """Refuse bytes after the last of ``lines`` complete lines unless they are a torn record."""
+    if tail and not _is_torn_record(tail, after_lines=lines > 0):
         why = (
             "only zero bytes (binary junk, not a session file)"
             if not tail.strip(b"\x00")
             else "the file does not end in a newline and the last line is not a record cut short"
         )
         raise SessionCorruptError(
-            f"{path}: line {len(lines) + 1}: not a session record ({why})",
-            path=path,
-            line=len(lines) + 1,
+            f"{path}: line {lines + 1}: not a session record ({why})", path=path, line=lines + 1
         )
-    return JournalContents(
-        path=path, records=records, end_offset=end_offset, torn_tail=tail or None
-    )
 
 
 def _decode_line(line: bytes, number: int, path: str) -> Record:
+    if number == 1:
+        _check_version(line, path)
+
     def corrupt(reason: str) -> SessionCorruptError:
         return SessionCorruptError(f"{path}: line {number}: {reason}", path=path, line=number)
 
@@ -253,6 +282,95 @@ def _decode_line(line: bytes, number: int, path: str) -> Record:
 def _kind(record: Record) -> str:
     tag = type(record).__struct_config__.tag
     return tag if isinstance(tag, str) else type(record).__name__
+
+
+# What every line holding a message starts with, after the newline ending the line before
+# it. A message's text cannot hold it: JSON escapes a newline inside a string.
+_MESSAGE_LINE = b"\n" + _RECORD_START + b'message",'
+
+
+class JournalIndex:
+    """The header and the messages of a session file, each message decoded only when
+    :meth:`messages` reaches it. Made by :func:`index_journal`."""
+
+    def __init__(
+        self,
+        path: str,
+        header: Header | None,
+        message_count: int,
+        *,
+        data: bytes = b"",
+        lines: int = 0,
+        decoded: list[Message] | None = None,
+    ) -> None:
+        self.path = path
+        self.header = header
+        self.message_count = message_count
+        self._data = data  # its first `lines` lines, each ending in a newline, when set
+        self._lines = lines
+        self._decoded = decoded
+
+    def messages(self, *, newest_first: bool = False) -> Iterator[Message]:
+        """The messages in file order (or newest first), decoded as the iteration reaches
+        them. Raises what :func:`parse_journal` raises for a bad line, naming it."""
+        if self._decoded is not None:
+            return iter(self._decoded[::-1] if newest_first else self._decoded)
+        return self._decode(newest_first)
+
+    def _decode(self, newest_first: bool) -> Iterator[Message]:
+        data, lines = self._data, self._lines
+        end = len(data)
+        # Line numbers (for errors) are counted from the nearer end of the file, so a
+        # message near it costs a short count.
+        before, after = 0, 0  # newlines counted in data[:counted] / data[counted:end]
+        counted = end if newest_first else 0
+        at = data.rfind(_MESSAGE_LINE, 0, end) if newest_first else data.find(_MESSAGE_LINE, 0, end)
+        while at != -1:
+            start = at + 1
+            stop = data.index(b"\n", start)
+            if newest_first:
+                after += data.count(b"\n", start, counted)
+                number = lines - after + 1
+            else:
+                before += data.count(b"\n", counted, start)
+                number = before + 1
+            counted = start
+            record = _decode_line(data[start:stop], number, self.path)
+            if isinstance(record, MessageRecord):
+                yield record.message
+            if newest_first:
+                at = data.rfind(_MESSAGE_LINE, 0, at)
+            else:
+                at = data.find(_MESSAGE_LINE, stop, end)
+
+
+def index_journal(data: bytes, path: str | os.PathLike[str]) -> JournalIndex:
+    """The header and messages :func:`parse_journal` would find in ``data``, without
+    decoding every line (pure; ``path`` is only named in errors).
+
+    When every line starts as trurn writes a record, only the header is decoded here,
+    messages are counted by how their lines start, and :meth:`JournalIndex.messages`
+    decodes one line at a time. A file written otherwise (by hand, by another tool) is
+    parsed whole. Raises as :func:`parse_journal` does for a byte order mark, the
+    header, the last line and every line decoded; a line damaged within, past its
+    start, is only noticed if decoded (restoring the session reports it).
+    """
+    path = os.fspath(path)
+    _check_no_bom(data, path)
+    end_offset = data.rfind(b"\n") + 1
+    lines = data.count(b"\n", 0, end_offset)
+    written_by_trurn = data.count(b"\n" + _RECORD_START, 0, end_offset) == max(lines - 1, 0) and (
+        lines == 0 or data.startswith(_RECORD_START + b'header",')
+    )
+    if not written_by_trurn:
+        contents = parse_journal(data, path)
+        messages = [r.message for r in contents.records if isinstance(r, MessageRecord)]
+        return JournalIndex(path, contents.header, len(messages), decoded=messages)
+    header = _decode_line(data[: data.index(b"\n")], 1, path) if lines else None
+    assert header is None or isinstance(header, Header)  # _decode_line checks line 1
+    _check_tail(data[end_offset:], lines, path)
+    count = data.count(_MESSAGE_LINE, 0, end_offset)
+    return JournalIndex(path, header, count, data=data[:end_offset], lines=lines)
 
 
 async def read_journal(path: str | os.PathLike[str]) -> JournalContents:
@@ -283,10 +401,39 @@ class FileOps:
 
 OS_FILE_OPS = FileOps()
 
-# Journals open for writing in this process, by (device, inode): a second writer is
-# refused even through another path or a symlink. flock alone would refuse it too on
-# POSIX, but this gives the clearer message and also works where flock does not exist.
-_open_journals: dict[tuple[int, int], str] = {}
+FileKey = tuple[int, int]
+"""A file's (device, inode): the same for every path or link that leads to it."""
+
+# Files claimed for writing in this process (see claim), and by whom. flock alone would
+# refuse a second writer too on POSIX, but this gives the clearer message and also
+# works where flock does not exist.
+_claimed: dict[FileKey, str] = {}
+
+
+def claim(key: FileKey, path: str | os.PathLike[str], holder: str, *, doing: str = "") -> None:
+    """Claim the file ``key`` for writing in this process, as ``holder`` (what a refusal
+    names: the path it was opened as, say), until :func:`release`.
+
+    :func:`open_journal` claims the file it opens and the store the file it deletes, so
+    neither happens to a file that the other has (through any path or link). Raises
+    :class:`SessionLockedError` naming ``path`` and the holder when the file is claimed
+    already; ``doing`` (``"delete"``) says what was refused. Call it from trio's thread
+    only: the check and the claim are then one step. Not a checkpoint.
+    """
+    other = _claimed.get(key)
+    if other is not None:
+        refused = f"cannot {doing}: " if doing else ""
+        raise SessionLockedError(
+            f"{refused}{path} is already open for writing in this process (as {other})",
+            path=path,
+        )
+    _claimed[key] = holder
+
+
+def release(key: FileKey) -> None:
+    """Give up the claim on ``key`` (nothing happens if there is none). Not a checkpoint."""
+    _claimed.pop(key, None)
+
 
 LINGER = 0.02
 """Seconds a flushed record may wait for the background writer.
@@ -345,7 +492,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _lock_exclusive(fd: int, path: str) -> None:
+def lock_exclusive(fd: int, path: str) -> None:
+    """Take the OS writer lock on the open file ``fd`` without waiting (worker thread).
+
+    Raises :class:`SessionLockedError` naming ``path`` when another process holds it.
+    The lock goes with the last descriptor of the file.
+    """
     if sys.platform == "win32":  # no flock; the in-process registry still applies
         return
     import fcntl
@@ -395,7 +547,7 @@ class Journal:
         *,
         path: pathlib.Path,
         fd: int,
-        key: tuple[int, int],
+        key: FileKey,
         contents: JournalContents,
         fsync: FsyncPolicy,
         file_ops: FileOps,
@@ -654,7 +806,7 @@ class Journal:
                         if self._fd_open:  # no writer, or one that ended early
                             error = await trio.to_thread.run_sync(self._finish_sync)
                     finally:
-                        _open_journals.pop(self._key, None)
+                        release(self._key)
         if error is not None:
             raise error
         await trio.lowlevel.checkpoint()
@@ -752,6 +904,32 @@ class Journal:
 _FSYNC_POLICIES = ("turn", "record", "never")
 
 
+def _open_sync(path: pathlib.Path, flags: int, create: bool) -> int:
+    """Open the file at ``path`` with ``flags``; with ``create``, make it (mode 0600) if it
+    is missing (worker thread).
+
+    The file is made with ``O_EXCL``, which never follows a symlink: a plain ``O_CREAT``
+    would make a dangling link's target, wherever it points. Such a link raises
+    :class:`SessionWriteError` and nothing is made. Of two callers creating one file,
+    one makes it and the other opens it.
+    """
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        if not create:
+            raise
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise SessionWriteError(
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist;"
+                " refusing to create a session file through it (nothing was created)",
+                path=path,
+            ) from None
+    return os.open(path, flags, 0o600)  # made by another caller meanwhile
+
+
 async def open_journal(
     path: str | os.PathLike[str],
     *,
@@ -769,9 +947,11 @@ async def open_journal(
     (``async with await``, like ``trio.open_file``; a long-lived owner keeps the
     :class:`Journal` and calls :meth:`Journal.aclose`.)
 
-    ``create=True`` creates a missing file with mode ``0600``; otherwise a missing file
-    raises ``FileNotFoundError``, and other open errors (a read-only file or directory)
-    come out as the ``OSError`` itself. Then it takes the writer lock (a second writer,
+    ``create=True`` creates a missing file with mode ``0600``, but never through a
+    symlink whose target is missing (:class:`SessionWriteError`; a link to an existing
+    file is opened as that file); otherwise a missing file raises
+    ``FileNotFoundError``, and other open errors (a read-only file or directory) come
+    out as the ``OSError`` itself. Then it takes the writer lock (a second writer,
     in this process or another, gets :class:`SessionLockedError` naming the file), reads
     and parses the file (:class:`SessionCorruptError`, :class:`SessionVersionError`;
     the result is ``journal.contents``) and, if the last line is torn, cuts it off so
@@ -789,23 +969,16 @@ async def open_journal(
         | os.O_APPEND
         | getattr(os, "O_CLOEXEC", 0)
         | getattr(os, "O_BINARY", 0)  # Windows would translate newlines otherwise
-        | (os.O_CREAT if create else 0)
     )
-    fd = await trio.to_thread.run_sync(os.open, absolute, flags, 0o600)
-    key: tuple[int, int] | None = None
+    fd = await trio.to_thread.run_sync(_open_sync, absolute, flags, create)
+    key: FileKey | None = None
     try:
         info = await trio.to_thread.run_sync(os.fstat, fd)
         if not stat.S_ISREG(info.st_mode):
             raise SessionWriteError(f"{absolute} is not a regular file", path=absolute)
-        if (info.st_dev, info.st_ino) in _open_journals:
-            other = _open_journals[(info.st_dev, info.st_ino)]
-            raise SessionLockedError(
-                f"{absolute} is already open for writing in this process (as {other})",
-                path=absolute,
-            )
+        claim((info.st_dev, info.st_ino), absolute, str(absolute))
         key = (info.st_dev, info.st_ino)
-        _open_journals[key] = str(absolute)
-        await trio.to_thread.run_sync(_lock_exclusive, fd, str(absolute))
+        await trio.to_thread.run_sync(lock_exclusive, fd, str(absolute))
         data = await trio.to_thread.run_sync(_read_all, fd)
         contents = parse_journal(data, absolute)
         if contents.torn_tail is not None:
@@ -818,7 +991,7 @@ async def open_journal(
                 ) from exc
     except BaseException:
         if key is not None:
-            _open_journals.pop(key, None)
+            release(key)
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(os.close, fd)
         raise

@@ -38,6 +38,7 @@ __all__ = [
     "encode_line",
     "encode_lines",
     "is_valid_session_id",
+    "reserved_device_name",
 ]
 
 FORMAT_VERSION = 1
@@ -183,6 +184,22 @@ def decode_record(line: bytes) -> Record:
     return _decoder.decode(line)
 
 
+# A file named after one of these opens the device on Windows, whatever its extension
+# ("nul.txt.jsonl" too), and session files move between machines.
+_WINDOWS_DEVICE_NAMES = frozenset(
+    ["CON", "PRN", "AUX", "NUL"] + [f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10)]
+)
+
+
+def reserved_device_name(session_id: str) -> str | None:
+    """The Windows device ``session_id`` would name as a file (``"NUL"`` for
+    ``"nul.txt"``), or ``None`` (pure). Such ids are refused on every platform."""
+    device = session_id.partition(".")[0].upper()
+    return device if device in _WINDOWS_DEVICE_NAMES else None
+
+
 def is_valid_session_id(session_id: str) -> bool:
-    """Whether ``session_id`` fits :data:`SESSION_ID_PATTERN` (pure, no file touched)."""
-    return _SESSION_ID_RE.match(session_id) is not None
+    """Whether ``session_id`` is a valid session id, as
+    :func:`~trurn._journal.validate_session_id` decides (pure, no file touched): it fits
+    :data:`SESSION_ID_PATTERN` and is no Windows device name."""
+    return _SESSION_ID_RE.match(session_id) is not None and reserved_device_name(session_id) is None

@@ -47,11 +47,10 @@ from ._errors import (
     SessionCorruptError,
     SessionError,
     SessionExistsError,
-    SessionLockedError,
     SessionNotFoundError,
     SessionWriteError,
 )
-from ._journal import FsyncPolicy, parse_journal, validate_session_id
+from ._journal import FsyncPolicy, index_journal, parse_journal, validate_session_id
 from ._messages import (
     AssistantMessage,
     Message,
@@ -96,7 +95,9 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     times; ``created_at`` is ``None`` when the file has no header). ``title`` is the
     first user message, on one line and shortened. ``last_usage`` is the usage of the
     newest assistant message that reported one. ``error`` is set, and the counts left
-    empty, when the file cannot be read (missing, corrupt, from a newer trurn).
+    empty, when the file cannot be read (missing, corrupt, from a newer trurn). Only the
+    lines these come from are decoded (see :func:`~trurn._journal.index_journal`): a
+    line damaged past its start elsewhere is reported when the session is opened.
     """
 
     session_id: str
@@ -117,16 +118,21 @@ def shorten_title(text: str, limit: int = TITLE_LENGTH) -> str:
 
 
 def summarize(
-    session_id: str, path: Path, records: Sequence[Record], updated_at: float
+    session_id: str, path: Path, index: _journal.JournalIndex, updated_at: float
 ) -> SessionInfo:
-    """A :class:`SessionInfo` from a file's records (pure)."""
-    header = records[0] if records and isinstance(records[0], Header) else None
-    messages = [r.message for r in records if isinstance(r, MessageRecord)]
-    title = next((shorten_title(m.content) for m in messages if isinstance(m, UserMessage)), None)
+    """A :class:`SessionInfo` from a file's index (pure).
+
+    Decodes messages from the start until the first user message and from the end until
+    the newest usage, usually a few lines of a long session.
+    """
+    header = index.header
+    title = next(
+        (shorten_title(m.content) for m in index.messages() if isinstance(m, UserMessage)), None
+    )
     last_usage = next(
         (
             m.usage
-            for m in reversed(messages)
+            for m in index.messages(newest_first=True)
             if isinstance(m, AssistantMessage) and m.usage is not None
         ),
         None,
@@ -137,7 +143,7 @@ def summarize(
         created_at=None if header is None else header.created_at,
         updated_at=updated_at,
         title=title,
-        message_count=len(messages),
+        message_count=index.message_count,
         last_usage=last_usage,
         work_dir=None if header is None else header.work_dir,
     )
@@ -158,10 +164,11 @@ def _read_info_sync(root: Path, session_id: str, path: Path) -> tuple[SessionInf
             raise FileNotFoundError(path)
         target = _session_target_sync(root, path, session_id, "read")
         updated_at = os.stat(target).st_mtime
-        contents = parse_journal(_read_session_sync(target, session_id, "read"), target)
-        header = contents.header
+        index = index_journal(_read_session_sync(target, session_id, "read"), target)
+        header = index.header
         if header is not None and header.session_id != session_id:
             raise _header_mismatch(session_id, target, header.session_id, "read")
+        info = summarize(session_id, target, index, updated_at)
     except FileNotFoundError:
         where = os.readlink(path) if os.path.islink(path) else path
         error = f"the session file {where} is missing"
@@ -169,7 +176,7 @@ def _read_info_sync(root: Path, session_id: str, path: Path) -> tuple[SessionInf
     except (OSError, SessionError) as exc:
         error = str(exc) if isinstance(exc, SessionError) else f"{path}: {exc.strerror or exc}"
         return SessionInfo(session_id=session_id, path=path, error=error), False
-    return summarize(session_id, target, contents.records, updated_at), False
+    return info, False
 
 
 def _scan_local_sync(sessions_dir: Path) -> list[tuple[str, Path]]:
@@ -442,6 +449,29 @@ def _existing_link_target(link: Path) -> Path | None:
     return Path(os.path.realpath(link))
 
 
+def _check_within_sync(work_dir: Path, links_dir: Path, session_id: str) -> None:
+    """Refuse a work dir's sessions dir that leads out of the work dir (worker thread).
+
+    In a cloned repository, ``.trurn`` or ``.trurn/sessions`` may be a symlink to
+    anywhere; the store must not make directories or links there. A link that resolves
+    to a place inside the work dir is fine; levels not made yet resolve as they would.
+    Raises :class:`SessionError` naming the directory.
+    """
+    real_work = os.path.realpath(work_dir)
+    real = os.path.realpath(links_dir)
+    try:
+        inside = os.path.commonpath([real_work, real]) == real_work
+    except ValueError:  # on another drive (Windows)
+        inside = False
+    if not inside:
+        raise SessionError(
+            f"refusing to create session {session_id!r}: the work dir's sessions dir"
+            f" {links_dir} leads out of the work dir {work_dir} (resolved: {real});"
+            " nothing was written (make it an ordinary directory)",
+            path=links_dir,
+        )
+
+
 def _publish_sync(
     file: Path, link: Path | None, work_dir: Path | None, data: bytes, *, fsync: bool
 ) -> None:
@@ -452,6 +482,8 @@ def _publish_sync(
     """
     if work_dir is not None and not os.path.isdir(work_dir):
         raise SessionWriteError(f"the work dir {work_dir} is not a directory", path=work_dir)
+    if work_dir is not None and link is not None:
+        _check_within_sync(work_dir, link.parent, file.stem)
     _make_dir(file.parent, "session date dir")
     if link is not None:
         _make_dir(link.parent, "work dir's sessions dir")
@@ -727,7 +759,7 @@ def _read_text_sync(path: Path) -> str:
 # -- deleting ----------------------------------------------------------------------------
 
 
-def _open_key_sync(path: Path, session_id: str) -> tuple[int, tuple[int, int]]:
+def _open_key_sync(path: Path, session_id: str) -> tuple[int, _journal.FileKey]:
     """A descriptor on the session file to delete, and its (device, inode) key."""
     fd = _open_session_sync(path, session_id, "delete")
     info = os.fstat(fd)
@@ -796,7 +828,7 @@ def _delete_locked_sync(fd: int, file: Path, links: Sequence[Path]) -> None:
     The file is removed only if ``file`` still names the file open as ``fd`` (the one
     whose header was checked); otherwise nothing is.
     """
-    _journal._lock_exclusive(fd, str(file))  # another process writing: SessionLockedError
+    _journal.lock_exclusive(fd, str(file))  # another process writing: SessionLockedError
     opened = os.fstat(fd)
     try:
         now = os.lstat(file)
@@ -918,8 +950,10 @@ class SessionStore:
         id is validated first (:class:`~trurn.SessionIdError`, before any file is
         touched). The file starts with a header (the id, the work dir, no model yet).
         Raises :class:`SessionExistsError` naming the existing file when the id is
-        taken today or in the work dir, and :class:`~trurn.SessionWriteError` when a
-        directory cannot be made or written (no session file or link is left behind).
+        taken today or in the work dir, :class:`~trurn.SessionWriteError` when a
+        directory cannot be made or written (no session file or link is left behind),
+        and :class:`~trurn.SessionError` naming the work dir's sessions dir when it is a
+        symlink leading out of the work dir (before anything is written).
         """
         return await self._create_with(work_dir, session_id, None, (), fsync=fsync)
 
@@ -1075,7 +1109,8 @@ class SessionStore:
         without one; most recently written first.
 
         Read-only. A file that cannot be read is listed with ``error`` set rather than
-        breaking the listing. Each file is read in its own worker thread call.
+        breaking the listing. Each file is read in its own worker thread call, and only
+        the lines :class:`SessionInfo` comes from are decoded.
         """
         if work_dir is not None:
             return [info for info, _ in await self._list_local(work_dir)]
@@ -1155,14 +1190,8 @@ class SessionStore:
                 await trio.to_thread.run_sync(os.unlink, path)
             return
         try:
-            if key in _journal._open_journals:
-                raise SessionLockedError(
-                    f"cannot delete {target}: it is open for writing in this process"
-                    f" (as {_journal._open_journals[key]})",
-                    path=target,
-                )
-            # Registered as open, so a Context in this process cannot open it meanwhile.
-            _journal._open_journals[key] = f"{target} (being deleted)"
+            # Claimed, so a Context in this process cannot open it meanwhile.
+            _journal.claim(key, target, f"{target} (being deleted)", doing="delete")
             try:
                 start = await trio.to_thread.run_sync(_read_first_line_sync, fd)
                 header = header_of(start, session_id)
@@ -1179,7 +1208,7 @@ class SessionStore:
                 links = await trio.to_thread.run_sync(_links_to_sync, target, candidates)
                 await trio.to_thread.run_sync(_delete_locked_sync, fd, target, links)
             finally:
-                _journal._open_journals.pop(key, None)
+                _journal.release(key)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(os.close, fd)

@@ -31,7 +31,7 @@ from .._chunks import (
     ThinkingSignature,
     ToolCallDelta,
 )
-from .._errors import MalformedStreamError, ProviderError
+from .._errors import ProviderError
 from .._messages import (
     AssistantMessage,
     Message,
@@ -40,15 +40,9 @@ from .._messages import (
     Usage,
     UserMessage,
 )
-from ._base import Request, ToolSpec
-from ._http import (
-    WireError,
-    collect_secrets,
-    describe_url,
-    error_from_payload,
-    parse_base_url,
-)
-from ._streaming import ClientOwner, HTTPCall, SSEResponseStream
+from ._base import Request, ToolSpec, check_tool_choice
+from ._http import WireError, collect_secrets, parse_base_url
+from ._streaming import HTTPCall, HTTPProvider, SSEResponseStream
 
 __all__ = ["THINKING_BUDGETS", "AnthropicMessages", "encode_request", "stop_reason"]
 
@@ -248,7 +242,7 @@ def _wire_tool(spec: ToolSpec) -> _WireTool:
 
 
 def _tool_choice(request: Request) -> _WireToolChoice | None:
-    choice = request.tool_choice
+    choice = check_tool_choice(request)
     no_parallel = True if request.parallel_tool_calls is False else None
     if choice is None:
         # Nothing to say unless parallel calls are off, which only a choice can carry.
@@ -259,12 +253,6 @@ def _tool_choice(request: Request) -> _WireToolChoice | None:
         return _WireToolChoice("none")
     if choice == "required":
         return _WireToolChoice("any", disable_parallel_tool_use=no_parallel)
-    names = [spec.name for spec in request.tools]
-    if choice not in names:
-        raise ValueError(
-            f"tool_choice {choice!r} is not 'auto', 'none', 'required' or the name of one "
-            f"of the request's tools ({', '.join(map(repr, names))})"
-        )
     return _WireToolChoice("tool", name=choice, disable_parallel_tool_use=no_parallel)
 
 
@@ -445,7 +433,11 @@ class _MessagesStream(SSEResponseStream):
             try:
                 event = _event_decoder.decode(sse.data)
             except msgspec.DecodeError as exc:
-                self._fail(self._undecodable(sse.event, sse.data, exc))
+                # An error event we cannot parse is still an error, not bad framing.
+                if sse.event == "error":
+                    self._fail(self._stream_error(None, sse.data))
+                else:
+                    self._fail(self._undecodable(sse.data, exc, "a Messages event"))
                 break
             kind = event.type
             if kind == "content_block_delta":
@@ -471,7 +463,7 @@ class _MessagesStream(SSEResponseStream):
                 self._done = self._drain_pending = True
                 break
             elif kind == "error" or sse.event == "error":
-                self._fail(self._error_event(event.error, sse.data))
+                self._fail(self._stream_error(event.error, sse.data))
                 break
             # "ping", and event types newer than this adapter, carry nothing for us.
         return chunks
@@ -569,40 +561,11 @@ class _MessagesStream(SSEResponseStream):
         if event.usage is not None:
             chunks.append(_combine_usage(self._start_usage, event.usage))
 
-    def _malformed(self, what: str) -> MalformedStreamError:
-        return MalformedStreamError(
-            self._mask(f"stream from {self._url} sent {what}"), provider=_PROVIDER
-        )
-
-    def _undecodable(self, name: str, data: bytes, exc: msgspec.DecodeError) -> ProviderError:
-        if name == "error":  # an error we cannot parse is still an error, not bad framing
-            return self._unreadable_error(data)
-        malformed = MalformedStreamError(
-            self._mask(
-                f"stream from {self._url} sent a data payload that is not a Messages event "
-                f"({exc}): {self._excerpt(data)}"
-            ),
-            provider=_PROVIDER,
-        )
-        malformed.__cause__ = exc
-        return malformed
-
-    def _error_event(self, error: WireError | None, data: bytes) -> ProviderError:
-        if error is None:
-            return self._unreadable_error(data)
-        return error_from_payload(error, provider=_PROVIDER, secrets=self._secrets)
-
-    def _unreadable_error(self, data: bytes) -> ProviderError:
-        return ProviderError(
-            self._mask(f"error in stream from {self._url}: {self._excerpt(data)}"),
-            provider=_PROVIDER,
-        )
-
 
 # --- the provider ------------------------------------------------------------------------
 
 
-class AnthropicMessages(ClientOwner):
+class AnthropicMessages(HTTPProvider):
     """A :class:`~trurn.providers.Provider` for the Anthropic Messages API.
 
     ``base_url`` is the API's root (``https://api.anthropic.com``); requests go to
@@ -641,32 +604,18 @@ class AnthropicMessages(ClientOwner):
         path = base.path.rstrip("/")
         if not path.endswith("/v1"):
             path += "/v1"
-        self._model = model
-        self._max_tokens = max_tokens
-        self._url = base.copy_with(path=path + "/messages")
-        # For error messages; computed once, as parsing URLs costs more than a chunk does.
-        self._url_text = describe_url(self._url)
-        self._headers = httpx.Headers(
-            {
-                "Accept": "text/event-stream",
-                "Content-Type": "application/json",
-                "anthropic-version": anthropic_version,
-            }
-        )
+        own_headers = {"anthropic-version": anthropic_version}
         if api_key:
-            self._headers["x-api-key"] = api_key
-        if headers:
-            self._headers.update(headers)
-        self._secrets = collect_secrets(api_key, headers)
-        super().__init__(client)
-
-    @property
-    def model(self) -> str:
-        """The default model name."""
-        return self._model
-
-    def __repr__(self) -> str:
-        return f"AnthropicMessages({self._model!r}, base_url={self._url_text!r})"
+            own_headers["x-api-key"] = api_key
+        super().__init__(
+            model,
+            base.copy_with(path=path + "/messages"),
+            headers=own_headers,
+            extra_headers=headers,
+            secrets=collect_secrets(api_key, headers),
+            client=client,
+        )
+        self._max_tokens = max_tokens
 
     def stream(self, request: Request) -> _MessagesStream:
         """Stream the reply to ``request``: ``async with provider.stream(request) as batches``.
@@ -677,6 +626,4 @@ class AnthropicMessages(ClientOwner):
         """
         self._check_open()
         body = encode_request(request, model=self._model, max_tokens=self._max_tokens)
-        client = self._http_client()
-        http_request = client.build_request("POST", self._url, content=body, headers=self._headers)
-        return _MessagesStream(HTTPCall(client, http_request, self._url_text, self._secrets))
+        return _MessagesStream(self._post(body))

@@ -15,7 +15,7 @@ import msgspec
 from .._chunks import Chunk
 from .._messages import Message
 
-__all__ = ["Provider", "Request", "ToolSpec"]
+__all__ = ["Provider", "Request", "ToolSpec", "check_tool_choice"]
 
 
 class ToolSpec(msgspec.Struct, frozen=True):
@@ -50,6 +50,22 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
     parallel_tool_calls: bool | None = None
     extra_body: Mapping[str, Any] | None = None
+
+
+def check_tool_choice(request: Request) -> str | None:
+    """``request.tool_choice``, once it is known to be ``None``, ``"auto"``, ``"none"``,
+    ``"required"`` or the name of one of the request's tools; a ``ValueError`` naming the
+    tools otherwise."""
+    choice = request.tool_choice
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice
+    names = [spec.name for spec in request.tools]
+    if choice not in names:
+        raise ValueError(
+            f"tool_choice {choice!r} is not 'auto', 'none', 'required' or the name of one "
+            f"of the request's tools ({', '.join(map(repr, names))})"
+        )
+    return choice
 
 
 @runtime_checkable

@@ -29,15 +29,9 @@ from .._messages import (
     Usage,
     UserMessage,
 )
-from ._base import Request, ToolSpec
-from ._http import (
-    WireError,
-    collect_secrets,
-    describe_url,
-    error_from_payload,
-    parse_base_url,
-)
-from ._streaming import ClientOwner, HTTPCall, SSEResponseStream
+from ._base import Request, ToolSpec, check_tool_choice
+from ._http import WireError, collect_secrets, parse_base_url
+from ._streaming import HTTPCall, HTTPProvider, SSEResponseStream
 
 __all__ = ["OpenAIChat"]
 
@@ -220,15 +214,9 @@ def encode_request(
 
 
 def _tool_choice(request: Request) -> str | _WireNamedToolChoice | None:
-    choice = request.tool_choice
+    choice = check_tool_choice(request)
     if choice is None or choice in _TOOL_CHOICE_MODES:
         return choice
-    if not any(spec.name == choice for spec in request.tools):
-        names = ", ".join(repr(spec.name) for spec in request.tools)
-        raise ValueError(
-            f"tool_choice {choice!r} is not 'auto', 'none', 'required' or the name of one "
-            f"of the request's tools ({names})"
-        )
     return _WireNamedToolChoice(type="function", function=_WireFunctionName(name=choice))
 
 
@@ -389,15 +377,7 @@ class _ChatStream(SSEResponseStream):
             try:
                 wire = _chunk_decoder.decode(payload)
             except msgspec.DecodeError as exc:
-                malformed = MalformedStreamError(
-                    self._mask(
-                        f"stream from {self._url} sent a data payload that is not a chat "
-                        f"completion chunk ({exc}): {self._excerpt(payload)}"
-                    ),
-                    provider=_PROVIDER,
-                )
-                malformed.__cause__ = exc
-                self._fail(malformed)
+                self._fail(self._undecodable(payload, exc, "a chat completion chunk"))
                 break
             for choice in wire.choices:
                 if choice.index == 0:  # with n > 1, the other choices are not ours
@@ -405,9 +385,7 @@ class _ChatStream(SSEResponseStream):
             if wire.usage is not None:
                 chunks.append(_usage(wire.usage))
             if wire.error is not None:
-                self._fail(
-                    error_from_payload(wire.error, provider=_PROVIDER, secrets=self._secrets)
-                )
+                self._fail(self._stream_error(wire.error, payload))
                 break
         return chunks
 
@@ -444,21 +422,16 @@ class _ChatStream(SSEResponseStream):
 
     def _error_event(self, data: bytes) -> ProviderError:
         try:
-            wire = _chunk_decoder.decode(data)
+            error = _chunk_decoder.decode(data).error
         except msgspec.DecodeError:
-            wire = None
-        if wire is None or wire.error is None:
-            return ProviderError(
-                self._mask(f"error in stream from {self._url}: {self._excerpt(data)}"),
-                provider=_PROVIDER,
-            )
-        return error_from_payload(wire.error, provider=_PROVIDER, secrets=self._secrets)
+            error = None
+        return self._stream_error(error, data)
 
 
 # --- the provider ------------------------------------------------------------------------
 
 
-class OpenAIChat(ClientOwner):
+class OpenAIChat(HTTPProvider):
     """A :class:`~trurn.providers.Provider` for the OpenAI Chat Completions API.
 
     ``base_url`` points at any compatible server (``http://localhost:11434/v1`` for
@@ -505,31 +478,18 @@ class OpenAIChat(ClientOwner):
                 "OpenAIChat max_tokens_field must be 'max_tokens' or 'max_completion_tokens', "
                 f"got {max_tokens_field!r}"
             )
-        self._model = model
         url = base.copy_with(path=base.path.rstrip("/") + "/chat/completions")
         if query:
             url = url.copy_merge_params(query)
-        self._url = url
-        # For error messages; computed once, as parsing URLs costs more than a chunk does.
-        self._url_text = describe_url(self._url)
-        self._max_tokens_field = max_tokens_field
-        self._headers = httpx.Headers(
-            {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        super().__init__(
+            model,
+            url,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            extra_headers=headers,
+            secrets=collect_secrets(api_key, headers, query),
+            client=client,
         )
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        if headers:
-            self._headers.update(headers)
-        self._secrets = collect_secrets(api_key, headers, query)
-        super().__init__(client)
-
-    @property
-    def model(self) -> str:
-        """The default model name."""
-        return self._model
-
-    def __repr__(self) -> str:
-        return f"OpenAIChat({self._model!r}, base_url={self._url_text!r})"
+        self._max_tokens_field = max_tokens_field
 
     def stream(self, request: Request) -> _ChatStream:
         """Stream the reply to ``request``: ``async with provider.stream(request) as batches``.
@@ -539,6 +499,4 @@ class OpenAIChat(ClientOwner):
         """
         self._check_open()
         body = encode_request(request, model=self._model, max_tokens_field=self._max_tokens_field)
-        client = self._http_client()
-        http_request = client.build_request("POST", self._url, content=body, headers=self._headers)
-        return _ChatStream(HTTPCall(client, http_request, self._url_text, self._secrets))
+        return _ChatStream(self._post(body))

@@ -1,22 +1,24 @@
 """What the provider adapters share around the wire format: the streamed HTTP response and
-the provider's HTTP client.
+the provider's endpoint, headers and HTTP client.
 
 :class:`SSEResponseStream` owns one streaming call from sending the request to closing
 the response: it maps httpx's failures to trurn's errors, reads a bounded error body,
 drains the body after the reply's end, and holds an in-stream error back until the
 chunks decoded before it were returned. A subclass only decodes bytes into chunks
 (:meth:`~SSEResponseStream._decode`) and says whether a body may end where it did
-(:meth:`~SSEResponseStream._missing_end`). :class:`ClientOwner` is the provider's side:
-the caller's ``httpx.AsyncClient``, or one made on first use and closed with the provider.
+(:meth:`~SSEResponseStream._missing_end`). :class:`HTTPProvider` is the provider's side:
+the model name, the endpoint and headers of every call, and the caller's
+``httpx.AsyncClient`` or one made on first use and closed with the provider.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import ClassVar, NamedTuple, NoReturn, TypeVar, cast
 
 import httpx
+import msgspec
 import trio
 
 from .._chunks import Chunk
@@ -27,9 +29,9 @@ from .._errors import (
     ProviderTimeout,
 )
 from .._sse import SSEDecoder
-from ._http import error_from_response, excerpt, mask
+from ._http import WireError, describe_url, error_from_payload, error_from_response, excerpt, mask
 
-__all__ = ["DEFAULT_TIMEOUT", "ClientOwner", "HTTPCall", "SSEResponseStream"]
+__all__ = ["DEFAULT_TIMEOUT", "HTTPCall", "HTTPProvider", "SSEResponseStream"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 """The timeout of a client a provider makes itself: a long read, for slow replies."""
@@ -40,7 +42,7 @@ _DRAIN_LIMIT = 65536
 _DRAIN_GRACE = 1.0
 
 _S = TypeVar("_S", bound="SSEResponseStream")
-_C = TypeVar("_C", bound="ClientOwner")
+_P = TypeVar("_P", bound="HTTPProvider")
 
 
 class HTTPCall(NamedTuple):
@@ -273,6 +275,33 @@ class SSEResponseStream(trio.abc.AsyncResource):
             self._mask(f"could not decode the body from {url}: {exc}"), provider=self._provider
         )
 
+    def _malformed(self, what: str) -> MalformedStreamError:
+        """The error for a stream that sent ``what``, which the wire format does not allow."""
+        return MalformedStreamError(
+            self._mask(f"stream from {self._url} sent {what}"), provider=self._provider
+        )
+
+    def _undecodable(
+        self, data: bytes, exc: msgspec.DecodeError, expected: str
+    ) -> MalformedStreamError:
+        """The error for a ``data`` payload that does not decode as ``expected`` (what the
+        wire format sends: "a chat completion chunk", say)."""
+        malformed = self._malformed(
+            f"a data payload that is not {expected} ({exc}): {self._excerpt(data)}"
+        )
+        malformed.__cause__ = exc
+        return malformed
+
+    def _stream_error(self, error: WireError | str | None, data: bytes) -> ProviderError:
+        """The typed error for an error the provider sent inside the stream: ``error`` as
+        decoded from ``data``, or ``None`` when ``data`` holds no readable error object."""
+        if error is None:
+            return ProviderError(
+                self._mask(f"error in stream from {self._url}: {self._excerpt(data)}"),
+                provider=self._provider,
+            )
+        return error_from_payload(error, provider=self._provider, secrets=self._secrets)
+
     def _describe(self, exc: Exception) -> str:
         return self._mask(str(exc) or type(exc).__name__)
 
@@ -307,8 +336,13 @@ def _is_event_stream(content_type: str) -> bool:
     return content_type.partition(";")[0].strip().lower() == "text/event-stream"
 
 
-class ClientOwner(trio.abc.AsyncResource):
-    """A provider's HTTP client: the caller's, or one the provider makes and closes.
+class HTTPProvider(trio.abc.AsyncResource):
+    """What a provider adapter is besides its wire format: the default model, the endpoint
+    every call is POSTed to, its headers, and the HTTP client.
+
+    ``headers`` are the adapter's own (its API key's header among them, when there is a
+    key), sent after ``Accept`` and ``Content-Type``; ``extra_headers`` are the caller's,
+    which replace any of the same name. ``secrets`` are masked in every error message.
 
     An injected ``httpx.AsyncClient`` belongs to the caller and is never closed here.
     Without one, the provider makes its own (with :data:`DEFAULT_TIMEOUT`) on first use
@@ -316,22 +350,52 @@ class ClientOwner(trio.abc.AsyncResource):
     the provider refuses new streams.
     """
 
-    def __init__(self, client: httpx.AsyncClient | None) -> None:
+    def __init__(
+        self,
+        model: str,
+        url: httpx.URL,
+        *,
+        headers: Mapping[str, str],
+        extra_headers: Mapping[str, str] | None,
+        secrets: tuple[str, ...],
+        client: httpx.AsyncClient | None,
+    ) -> None:
+        self._model = model
+        self._url = url
+        # For error messages; computed once, as parsing URLs costs more than a chunk does.
+        self._url_text = describe_url(url)
+        self._headers = httpx.Headers(
+            {"Accept": "text/event-stream", "Content-Type": "application/json", **headers}
+        )
+        if extra_headers:
+            self._headers.update(extra_headers)
+        self._secrets = secrets
         self._client = client
         self._owns_client = client is None
         self._closed = False
+
+    @property
+    def model(self) -> str:
+        """The default model name."""
+        return self._model
+
+    def __repr__(self) -> str:
+        # The URL without its query string; never the headers, which hold the key.
+        return f"{type(self).__name__}({self._model!r}, base_url={self._url_text!r})"
 
     def _check_open(self) -> None:
         """Raise :class:`trio.ClosedResourceError` once :meth:`aclose` was called."""
         if self._closed:
             raise trio.ClosedResourceError(f"this {type(self).__name__} provider was closed")
 
-    def _http_client(self) -> httpx.AsyncClient:
-        """The client to send with; the provider's own is made here, on first use."""
+    def _post(self, body: bytes) -> HTTPCall:
+        """The call that POSTs ``body`` to the endpoint; nothing is sent yet. The
+        provider's own client is made here, on first use."""
         client = self._client
         if client is None:
             client = self._client = httpx.AsyncClient(timeout=DEFAULT_TIMEOUT)
-        return client
+        request = client.build_request("POST", self._url, content=body, headers=self._headers)
+        return HTTPCall(client, request, self._url_text, self._secrets)
 
     async def aclose(self) -> None:
         """Close the HTTP client the provider made itself (a checkpoint); idempotent.
@@ -345,7 +409,7 @@ class ClientOwner(trio.abc.AsyncResource):
         else:
             await trio.lowlevel.checkpoint()
 
-    async def __aenter__(self: _C) -> _C:
+    async def __aenter__(self: _P) -> _P:
         """Return the provider itself (a checkpoint)."""
         await trio.lowlevel.checkpoint()
         return self

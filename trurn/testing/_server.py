@@ -8,9 +8,12 @@ with an Anthropic Messages stream (``event: <type>`` / ``data: {json}`` pairs fr
 ``message_start`` to ``message_stop``). What each reply says, and how it goes wrong,
 comes from the script (see ``_script.py``); one script serves both endpoints.
 
-A reply's bytes are built once, by pure functions, before anything is sent; the async
-part only reads requests and writes those bytes. With no ``chunk_delay`` the whole
-response goes out in one write, so the server stays cheap enough for the benchmark.
+A reply's bytes are built once, before anything is sent, from the reply and the request
+(and the clock, for a chunk's ``created``); the async part only reads requests and writes
+those bytes. Both endpoints handle a request the same way; what each API says in its own
+way (paths, key header, error bodies, events) is one ``_API`` record per endpoint. With
+no ``chunk_delay`` the whole response goes out in one write, so the server stays cheap
+enough for the benchmark.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hmac
 import ipaddress
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from http import HTTPStatus
@@ -45,8 +48,6 @@ from ._script import (
 
 __all__ = ["ScriptedServer", "open_scripted_server", "serve_scripted_server"]
 
-_CHAT_PATH = "/v1/chat/completions"
-_MESSAGES_PATH = "/v1/messages"
 _READ_SIZE = 65536
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
@@ -315,7 +316,7 @@ class _RequestReader:
 # --------------------------------------------------------------------------- responses
 
 # (type, code, message) OpenAI sends for a status, when the script does not say.
-_DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {
+_OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Bad request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
     403: ("permission_error", None, "You are not allowed to use this model."),
@@ -330,6 +331,30 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {
     529: ("overloaded_error", "overloaded", "Overloaded."),
 }
 
+# (type, code, message) Anthropic sends for a status; its errors have no code.
+_ANTHROPIC_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Bad request."),
+    401: ("authentication_error", None, "invalid x-api-key"),
+    403: (
+        "permission_error",
+        None,
+        "Your API key does not have permission to use the specified resource.",
+    ),
+    404: ("not_found_error", None, "The requested resource could not be found."),
+    413: ("request_too_large", None, "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", None, "Number of requests has exceeded your rate limit."),
+    500: ("api_error", None, "Internal server error"),
+    529: ("overloaded_error", None, "Overloaded"),
+}
+
+
+def _openai_error_body(type: str, message: str, code: str | None) -> bytes:
+    return _encoder.encode(_WireErrorBody(_WireError(message, type, None, code)))
+
+
+def _anthropic_error_body(type: str, message: str, code: str | None) -> bytes:
+    return _encoder.encode(_AnthropicErrorBody(_AnthropicError(type=type, message=message)))
+
 
 def _reason(status: int) -> str:
     try:
@@ -338,11 +363,12 @@ def _reason(status: int) -> str:
         return "Site Overloaded" if status == 529 else "Unknown"
 
 
-def _default_error(status: int) -> tuple[str, str | None, str]:
-    default = _DEFAULT_ERRORS.get(status)
+def _default_error(api: _API, status: int) -> tuple[str, str | None, str]:
+    """(type, code, message) of ``api``'s error for ``status``."""
+    default = api.errors.get(status)
     if default is not None:
         return default
-    kind = "server_error" if status >= 500 else "invalid_request_error"
+    kind = api.server_error if status >= 500 else "invalid_request_error"
     return kind, None, f"{_reason(status)}."
 
 
@@ -366,6 +392,7 @@ def _response(
 
 
 def _error_response(
+    api: _API,
     status: int,
     message: str,
     *,
@@ -374,18 +401,17 @@ def _error_response(
     headers: Sequence[tuple[str, str]] = (),
     close: bool = False,
 ) -> bytes:
-    """An OpenAI-style JSON error response (``type`` defaults from the status)."""
+    """A JSON error response in ``api``'s format (``type`` defaults from the status)."""
     if type is None:
-        type = "server_error" if status >= 500 else "invalid_request_error"
-    error = _WireError(message=message, type=type, param=None, code=code)
-    return _response(status, _encoder.encode(_WireErrorBody(error)), headers=headers, close=close)
+        type = _default_error(api, status)[0]
+    return _response(status, api.error_body(type, message, code), headers=headers, close=close)
 
 
 def _format_seconds(seconds: float) -> str:
     return str(int(seconds)) if seconds == int(seconds) else repr(seconds)
 
 
-def _status_error_response(fault: StatusError, *, close: bool) -> bytes:
+def _status_error_response(api: _API, fault: StatusError, *, close: bool) -> bytes:
     headers = list(fault.headers.items())
     if fault.retry_after is not None:
         headers.append(("retry-after", _format_seconds(fault.retry_after)))
@@ -394,8 +420,9 @@ def _status_error_response(fault: StatusError, *, close: bool) -> bytes:
         return _response(
             fault.status, body, content_type=fault.content_type, headers=headers, close=close
         )
-    default_type, default_code, default_message = _default_error(fault.status)
+    default_type, default_code, default_message = _default_error(api, fault.status)
     return _error_response(
+        api,
         fault.status,
         default_message if fault.message is None else fault.message,
         type=default_type if fault.type is None else fault.type,
@@ -405,68 +432,9 @@ def _status_error_response(fault: StatusError, *, close: bool) -> bytes:
     )
 
 
-# (type, message) Anthropic sends for a status, when the script does not say.
-_ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request_error", "Bad request."),
-    401: ("authentication_error", "invalid x-api-key"),
-    403: (
-        "permission_error",
-        "Your API key does not have permission to use the specified resource.",
-    ),
-    404: ("not_found_error", "The requested resource could not be found."),
-    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
-    429: ("rate_limit_error", "Number of requests has exceeded your rate limit."),
-    500: ("api_error", "Internal server error"),
-    529: ("overloaded_error", "Overloaded"),
-}
-
-
-def _anthropic_error_response(
-    status: int,
-    message: str,
-    *,
-    type: str | None = None,
-    headers: Sequence[tuple[str, str]] = (),
-    close: bool = False,
-) -> bytes:
-    """An Anthropic-style JSON error response (``type`` defaults from the status)."""
-    if type is None:
-        type = _anthropic_default_error(status)[0]
-    body = _encoder.encode(_AnthropicErrorBody(_AnthropicError(type=type, message=message)))
-    return _response(status, body, headers=headers, close=close)
-
-
-def _anthropic_default_error(status: int) -> tuple[str, str]:
-    default = _ANTHROPIC_ERRORS.get(status)
-    if default is not None:
-        return default
-    kind = "api_error" if status >= 500 else "invalid_request_error"
-    return kind, f"{_reason(status)}."
-
-
-def _anthropic_status_error_response(fault: StatusError, *, close: bool) -> bytes:
-    headers = list(fault.headers.items())
-    if fault.retry_after is not None:
-        headers.append(("retry-after", _format_seconds(fault.retry_after)))
-    if fault.body is not None:
-        body = fault.body.encode()
-        return _response(
-            fault.status, body, content_type=fault.content_type, headers=headers, close=close
-        )
-    default_type, default_message = _anthropic_default_error(fault.status)
-    return _anthropic_error_response(
-        fault.status,
-        default_message if fault.message is None else fault.message,
-        type=default_type if fault.type is None else fault.type,
-        headers=headers,
-        close=close,
-    )
-
-
 # --------------------------------------------------------------------------- streams
 
 _Ending = Literal["done", "end", "drop"]
-_DONE_EVENT = b"data: [DONE]\n\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -499,10 +467,19 @@ def _chunk_frame(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
-def _reply_events(
-    reply: Reply, request: ChatRequest, *, completion_id: str, created: int
-) -> list[bytes]:
-    """The SSE events of a reply that goes right, without ``[DONE]``."""
+def _first_call_number(request: ChatRequest) -> int:
+    """The number of the reply's first tool call. Tool call ids count the conversation's
+    calls, so they are unique within it and the same on every run."""
+    return 1 + sum(
+        len(message.tool_calls or ()) for message in request.messages if message.role == "assistant"
+    )
+
+
+def _chat_events(reply: Reply, request: ChatRequest, number: int) -> list[bytes]:
+    """The SSE events of a Chat Completions reply to request ``number`` that goes right,
+    without ``[DONE]``."""
+    completion_id = f"chatcmpl-scripted-{number}"
+    created = int(time.time())
     model = reply.model or request.model
     include_usage = request.include_usage
     usage_field: msgspec.UnsetType | None = None if include_usage else msgspec.UNSET
@@ -525,11 +502,7 @@ def _reply_events(
     events.extend(
         event(_WireDelta(content=piece)) for piece in _split(reply.text, reply.text_chunks)
     )
-    # Ids count the conversation's tool calls, so they are unique within it and the same
-    # on every run.
-    call_number = 1 + sum(
-        len(message.tool_calls or ()) for message in request.messages if message.role == "assistant"
-    )
+    call_number = _first_call_number(request)
     for index, call in enumerate(reply.tool_calls):
         first = _WireToolCall(
             index=index,
@@ -582,14 +555,16 @@ def _named(name: bytes, payload: bytes) -> bytes:
     return b"event: " + name + b"\ndata: " + payload + b"\n\n"
 
 
-def _messages_events(reply: Reply, request: ChatRequest, *, message_id: str) -> list[bytes]:
-    """The SSE events of an Anthropic reply that goes right, without ``message_stop``.
+def _messages_events(reply: Reply, request: ChatRequest, number: int) -> list[bytes]:
+    """The SSE events of an Anthropic reply to request ``number`` that goes right, without
+    ``message_stop``.
 
     ``message_start``, a ``ping`` after the first block starts (where the API sends one),
     then a thinking block (``thinking_delta`` pieces and a ``signature_delta``), a text
     block, one ``tool_use`` block per call (``input_json_delta`` pieces), and
     ``message_delta`` with the stop reason and output usage.
     """
+    message_id = f"msg_scripted_{number}"
     usage = reply_usage(reply, request)
     # Anthropic counts cached prompt tokens apart from input_tokens.
     start_usage = _AnthropicUsage(
@@ -630,17 +605,12 @@ def _messages_events(reply: Reply, request: ChatRequest, *, message_id: str) -> 
             {"type": "text", "text": ""},
             [_TextDelta(piece) for piece in _split(reply.text, reply.text_chunks)],
         )
-    # Ids count the conversation's tool calls, so they are unique within it and the same
-    # on every run.
-    call_number = 1 + sum(
-        len(message.tool_calls or ()) for message in request.messages if message.role == "assistant"
-    )
-    for number, call in enumerate(reply.tool_calls, call_number):
+    for call_number, call in enumerate(reply.tool_calls, _first_call_number(request)):
         pieces = _split(call.arguments_text, call.chunks) or [""]
         block(
             {
                 "type": "tool_use",
-                "id": call.id or f"toolu_{number}",
+                "id": call.id or f"toolu_{call_number}",
                 "name": call.name,
                 "input": {},
             },
@@ -654,22 +624,25 @@ def _messages_events(reply: Reply, request: ChatRequest, *, message_id: str) -> 
     return events
 
 
-def _apply_messages_fault(events: list[bytes], fault: Fault | None) -> tuple[list[bytes], _Ending]:
-    """Like :func:`_apply_fault`, for an Anthropic stream (which ends in message_stop).
+def _apply_fault(
+    api: _API, events: list[bytes], fault: Fault | None
+) -> tuple[list[bytes], _Ending]:
+    """The events actually sent, and how the response ends, once ``fault`` is applied.
 
-    Event positions count every event from 0 (``message_start``), pings included. An
-    :class:`ErrorChunk` becomes an ``event: error``; its default ``server_error`` type is
-    sent as Anthropic's ``api_error``.
+    Event positions count every event from 0 (on the Anthropic endpoint: from
+    ``message_start``, pings included). An :class:`ErrorChunk` becomes the API's error
+    event; its default ``server_error`` type is sent as the API's own (Anthropic's
+    ``api_error``).
     """
     if fault is None:
-        return [*events, _MESSAGE_STOP_EVENT], "done"
+        return [*events, api.end_event], "done"
     if isinstance(fault, MalformedChunk):
         bad = b"data: " + fault.data.encode() + b"\n\n"
-        return [*events[: fault.at], bad, *events[fault.at + 1 :], _MESSAGE_STOP_EVENT], "done"
+        return [*events[: fault.at], bad, *events[fault.at + 1 :], api.end_event], "done"
     if isinstance(fault, ErrorChunk):
-        kind = "api_error" if fault.type == "server_error" else fault.type
-        error = _AnthropicErrorBody(_AnthropicError(type=kind, message=fault.message))
-        return [*events[: fault.after], _named(b"error", _encoder.encode(error))], "end"
+        kind = api.server_error if fault.type == "server_error" else fault.type
+        error = api.error_frame(api.error_body(kind, fault.message, fault.code))
+        return [*events[: fault.after], error], "end"
     if isinstance(fault, DropConnection):
         return events[: fault.after], "drop"
     if isinstance(fault, EndWithoutDone):
@@ -677,21 +650,72 @@ def _apply_messages_fault(events: list[bytes], fault: Fault | None) -> tuple[lis
     raise TypeError(f"{type(fault).__name__} is not a stream fault")
 
 
-def _apply_fault(events: list[bytes], fault: Fault | None) -> tuple[list[bytes], _Ending]:
-    """The events actually sent, and how the response ends, once ``fault`` is applied."""
-    if fault is None:
-        return [*events, _DONE_EVENT], "done"
-    if isinstance(fault, MalformedChunk):
-        bad = b"data: " + fault.data.encode() + b"\n\n"
-        return [*events[: fault.at], bad, *events[fault.at + 1 :], _DONE_EVENT], "done"
-    if isinstance(fault, ErrorChunk):
-        error = _WireError(message=fault.message, type=fault.type, param=None, code=fault.code)
-        return [*events[: fault.after], _sse(_encoder.encode(_WireErrorBody(error)))], "end"
-    if isinstance(fault, DropConnection):
-        return events[: fault.after], "drop"
-    if isinstance(fault, EndWithoutDone):
-        return events[: fault.after], "end"
-    raise TypeError(f"{type(fault).__name__} is not a stream fault")
+# --------------------------------------------------------------------------- the two APIs
+
+
+def _decode_messages_request(body: bytes) -> ChatRequest:
+    return _messages_request_decoder.decode(body).to_chat()
+
+
+class _API(NamedTuple):
+    """What one endpoint says in its own way. How a request is handled is the same for
+    both (:meth:`ScriptedServer._answer`)."""
+
+    path: str
+    decode: Callable[[bytes], ChatRequest]  # the body, as the script receives it
+    key_header: str  # where the API key goes (a lower-case header name)...
+    key_prefix: str  # ...and what stands before it there
+    missing_key: str  # the 401 message when the key header is missing
+    wrong_key: str  # and when it holds another key
+    required_header: str | None  # a header every request must carry
+    errors: Mapping[int, tuple[str, str | None, str]]  # status -> (type, code, message)
+    server_error: str  # the error type of a 5xx missing from ``errors``
+    error_body: Callable[[str, str, str | None], bytes]  # (type, message, code) -> JSON
+    events: Callable[[Reply, ChatRequest, int], list[bytes]]  # a reply to request number n
+    end_event: bytes  # the event that ends a whole reply
+    error_frame: Callable[[bytes], bytes]  # an error body as an event inside the stream
+
+
+_OPENAI = _API(
+    path="/v1/chat/completions",
+    decode=_chat_request_decoder.decode,
+    key_header="authorization",
+    key_prefix="Bearer ",
+    missing_key="You didn't provide an API key in an Authorization: Bearer header.",
+    wrong_key="Incorrect API key provided.",
+    required_header=None,
+    errors=_OPENAI_ERRORS,
+    server_error="server_error",
+    error_body=_openai_error_body,
+    events=_chat_events,
+    end_event=b"data: [DONE]\n\n",
+    error_frame=_sse,
+)
+_ANTHROPIC = _API(
+    path="/v1/messages",
+    decode=_decode_messages_request,
+    key_header="x-api-key",
+    key_prefix="",
+    missing_key="x-api-key header is required",
+    wrong_key="invalid x-api-key",
+    required_header="anthropic-version",
+    errors=_ANTHROPIC_ERRORS,
+    server_error="api_error",
+    error_body=_anthropic_error_body,
+    events=_messages_events,
+    end_event=_MESSAGE_STOP_EVENT,
+    error_frame=partial(_named, b"error"),
+)
+_APIS = {api.path: api for api in (_OPENAI, _ANTHROPIC)}
+
+
+class _Stream(NamedTuple):
+    """A 200 event stream to send: the reply (for its ``chunk_delay``), its events, and
+    how the response ends."""
+
+    reply: Reply
+    events: list[bytes]
+    ending: _Ending
 
 
 # --------------------------------------------------------------------------- the server
@@ -761,17 +785,15 @@ class ScriptedServer:
     def __repr__(self) -> str:
         return f"<ScriptedServer {self.base_url} requests={len(self.requests)}>"
 
-    def _authorized(self, headers: dict[str, str]) -> bool:
+    def _authorized(self, api: _API, headers: dict[str, str]) -> bool:
         if self._api_key is None:
             return True
-        expected = f"Bearer {self._api_key}".encode()
-        return hmac.compare_digest(headers.get("authorization", "").encode(), expected)
+        expected = f"{api.key_prefix}{self._api_key}".encode()
+        return hmac.compare_digest(headers.get(api.key_header, "").encode(), expected)
 
-    def _authorized_anthropic(self, headers: dict[str, str]) -> bool:
-        if self._api_key is None:
-            return True
-        expected = self._api_key.encode()
-        return hmac.compare_digest(headers.get("x-api-key", "").encode(), expected)
+    def _unauthorized(self, api: _API, request: _HTTPRequest, *, close: bool) -> bytes:
+        message = api.wrong_key if api.key_header in request.headers else api.missing_key
+        return _error_response(api, 401, message, code="invalid_api_key", close=close)
 
     def _record(self, chat: ChatRequest, request: _HTTPRequest) -> None:
         self.requests.append(chat)
@@ -793,57 +815,6 @@ class ScriptedServer:
             raise TypeError(f"the script gave a {type(reply).__name__}, not a Reply")
         return reply
 
-    async def _respond(self, stream: trio.SocketStream, request: _HTTPRequest) -> bool:
-        """Answer one request; return whether the connection stays open. Checkpoints."""
-        keep_alive = "close" not in request.headers.get("connection", "").lower()
-        close = not keep_alive
-        path = request.target.partition("?")[0]
-        if path == _MESSAGES_PATH:
-            return await self._respond_messages(stream, request, keep_alive=keep_alive)
-        if path != _CHAT_PATH:
-            message = f"Invalid URL ({request.method} {path})"
-            await stream.send_all(_error_response(404, message, close=close))
-            return keep_alive
-        if request.method != "POST":
-            message = f"Method {request.method} not allowed on {path}; use POST"
-            headers = [("allow", "POST")]
-            await stream.send_all(_error_response(405, message, headers=headers, close=close))
-            return keep_alive
-
-        authorized = self._authorized(request.headers)
-        try:
-            chat = _chat_request_decoder.decode(request.body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            if authorized:
-                message = f"Invalid request body: {exc}"
-                await stream.send_all(_error_response(400, message, close=close))
-            else:
-                await stream.send_all(self._unauthorized(request, close=close))
-            return keep_alive
-        self._record(chat, request)
-        if not authorized:
-            await stream.send_all(self._unauthorized(request, close=close))
-            return keep_alive
-        if not chat.stream:
-            message = 'The scripted server only streams: send "stream": true'
-            await stream.send_all(_error_response(400, message, close=close))
-            return keep_alive
-
-        reply = self._next_reply(chat)
-        if reply is None:
-            await stream.send_all(
-                _error_response(500, self._exhausted(), code="script_exhausted", close=close)
-            )
-            return keep_alive
-        if isinstance(reply.fault, StatusError):
-            await stream.send_all(_status_error_response(reply.fault, close=close))
-            return keep_alive
-
-        completion_id = f"chatcmpl-scripted-{len(self.requests)}"
-        events = _reply_events(reply, chat, completion_id=completion_id, created=int(time.time()))
-        events, ending = _apply_fault(events, reply.fault)
-        return await self._stream_events(stream, reply, events, ending, keep_alive=keep_alive)
-
     def _exhausted(self) -> str:
         count = len(self._script) if isinstance(self._script, Sequence) else 0
         return (
@@ -851,66 +822,60 @@ class ScriptedServer:
             f"and this is request {len(self.requests)}."
         )
 
-    async def _respond_messages(
-        self, stream: trio.SocketStream, request: _HTTPRequest, *, keep_alive: bool
-    ) -> bool:
-        """Answer one ``/v1/messages`` request the way Anthropic's API does. Checkpoints."""
+    async def _respond(self, stream: trio.SocketStream, request: _HTTPRequest) -> bool:
+        """Answer one request; return whether the connection stays open. Checkpoints."""
+        keep_alive = "close" not in request.headers.get("connection", "").lower()
         close = not keep_alive
+        path = request.target.partition("?")[0]
+        api = _APIS.get(path)
+        if api is None:  # answered the way OpenAI answers an unknown URL
+            message = f"Invalid URL ({request.method} {path})"
+            answer: bytes | _Stream = _error_response(_OPENAI, 404, message, close=close)
+        else:
+            answer = self._answer(api, request, close=close)
+        if isinstance(answer, bytes):
+            await stream.send_all(answer)
+            return keep_alive
+        return await self._stream_events(stream, answer, keep_alive=keep_alive)
+
+    def _answer(self, api: _API, request: _HTTPRequest, *, close: bool) -> bytes | _Stream:
+        """What to send for ``request`` to ``api``'s endpoint, the way that API would: an
+        error response, or the stream of the script's next reply. Records the request
+        once its body parsed (a 401 included), and takes a reply from the script."""
         if request.method != "POST":
-            message = f"Method {request.method} not allowed on {_MESSAGES_PATH}; use POST"
-            headers = [("allow", "POST")]
-            await stream.send_all(
-                _anthropic_error_response(405, message, headers=headers, close=close)
-            )
-            return keep_alive
-        authorized = self._authorized_anthropic(request.headers)
+            message = f"Method {request.method} not allowed on {api.path}; use POST"
+            return _error_response(api, 405, message, headers=[("allow", "POST")], close=close)
+        authorized = self._authorized(api, request.headers)
         try:
-            parsed = _messages_request_decoder.decode(request.body)
+            chat = api.decode(request.body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            if authorized:
-                message = f"Invalid request body: {exc}"
-                await stream.send_all(_anthropic_error_response(400, message, close=close))
-            else:
-                await stream.send_all(self._unauthorized_anthropic(request, close=close))
-            return keep_alive
-        chat = parsed.to_chat()
+            if not authorized:
+                return self._unauthorized(api, request, close=close)
+            return _error_response(api, 400, f"Invalid request body: {exc}", close=close)
         self._record(chat, request)
         if not authorized:
-            await stream.send_all(self._unauthorized_anthropic(request, close=close))
-            return keep_alive
-        if "anthropic-version" not in request.headers:
-            message = "anthropic-version: header is required"
-            await stream.send_all(_anthropic_error_response(400, message, close=close))
-            return keep_alive
-        if not parsed.stream:
+            return self._unauthorized(api, request, close=close)
+        if api.required_header is not None and api.required_header not in request.headers:
+            message = f"{api.required_header}: header is required"
+            return _error_response(api, 400, message, close=close)
+        if not chat.stream:
             message = 'The scripted server only streams: send "stream": true'
-            await stream.send_all(_anthropic_error_response(400, message, close=close))
-            return keep_alive
-
+            return _error_response(api, 400, message, close=close)
         reply = self._next_reply(chat)
         if reply is None:
-            await stream.send_all(_anthropic_error_response(500, self._exhausted(), close=close))
-            return keep_alive
+            message = self._exhausted()
+            return _error_response(api, 500, message, code="script_exhausted", close=close)
         if isinstance(reply.fault, StatusError):
-            await stream.send_all(_anthropic_status_error_response(reply.fault, close=close))
-            return keep_alive
-        message_id = f"msg_scripted_{len(self.requests)}"
-        events = _messages_events(reply, chat, message_id=message_id)
-        events, ending = _apply_messages_fault(events, reply.fault)
-        return await self._stream_events(stream, reply, events, ending, keep_alive=keep_alive)
+            return _status_error_response(api, reply.fault, close=close)
+        events, ending = _apply_fault(api, api.events(reply, chat, len(self.requests)), reply.fault)
+        return _Stream(reply, events, ending)
 
     async def _stream_events(
-        self,
-        stream: trio.SocketStream,
-        reply: Reply,
-        events: list[bytes],
-        ending: _Ending,
-        *,
-        keep_alive: bool,
+        self, stream: trio.SocketStream, answer: _Stream, *, keep_alive: bool
     ) -> bool:
-        """Send a 200 event stream of ``events``, ended as ``ending`` says. Checkpoints."""
-        close = not keep_alive
-        head = _stream_head(close=close)
+        """Send a 200 event stream of ``answer``'s events, ended as it says. Checkpoints."""
+        reply, events, ending = answer
+        head = _stream_head(close=not keep_alive)
         tail = b"" if ending == "drop" else _LAST_CHUNK
         if reply.chunk_delay == 0:
             await stream.send_all(b"".join([head, *map(_chunk_frame, events), tail]))
@@ -923,27 +888,13 @@ class ScriptedServer:
                 await stream.send_all(tail)
         return keep_alive and ending != "drop"
 
-    def _unauthorized_anthropic(self, request: _HTTPRequest, *, close: bool) -> bytes:
-        if "x-api-key" in request.headers:
-            message = "invalid x-api-key"
-        else:
-            message = "x-api-key header is required"
-        return _anthropic_error_response(401, message, close=close)
-
-    def _unauthorized(self, request: _HTTPRequest, *, close: bool) -> bytes:
-        if "authorization" in request.headers:
-            message = "Incorrect API key provided."
-        else:
-            message = "You didn't provide an API key in an Authorization: Bearer header."
-        return _error_response(401, message, code="invalid_api_key", close=close)
-
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         reader = _RequestReader(stream)
         while True:
             try:
                 request = await reader.read_request()
             except _HTTPError as exc:
-                await stream.send_all(_error_response(exc.status, exc.message, close=True))
+                await stream.send_all(_error_response(_OPENAI, exc.status, exc.message, close=True))
                 return
             if request is None or not await self._respond(stream, request):
                 return
