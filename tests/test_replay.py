@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -21,9 +23,9 @@ import trurn
 from trurn import events
 from trurn._broadcast import Broadcast, Policy
 from trurn._chunks import Finish, ToolCallDelta
-from trurn._journal import open_journal, read_journal
+from trurn._journal import FileOps, open_journal, read_journal
 from trurn._messages import AssistantMessage, ToolCall, UserMessage
-from trurn._records import EventRecord, Header, MessageRecord, Record, TurnStart
+from trurn._records import EventRecord, Header, MessageRecord, Record, TurnEnd, TurnStart
 from trurn._replay import (
     DELTA_EVENT_TYPES,
     events_to_persist,
@@ -251,9 +253,9 @@ async def test_an_aborted_turn_is_replayed_with_its_cancelled_results(tmp_path: 
     assert isinstance(finished, events.TurnFinished)
     assert isinstance(real, events.TurnFinished)
     assert finished.stop_reason == real.stop_reason == "aborted"
-    # Documented approximation: the real turn_finished comes after run_aborted and the
-    # closing tool_exit; the synthesised one sits right after the recorded end.
-    assert replay[-2].seq < finished.seq <= real.seq
+    # The end marker holds the seq of the real turn_finished, which came after the
+    # closing tool_exit and run_aborted.
+    assert finished.seq == real.seq
 
 
 async def test_repairs_after_a_crash_replay_nothing(tmp_path: Path) -> None:
@@ -557,3 +559,95 @@ async def test_bad_arguments_are_refused_before_entering(tmp_path: Path) -> None
         subscribe_since(hub, context, 0, policy="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="in memory only"):
         await session_records(trurn.Context())
+
+
+# -- seqs across a restart ------------------------------------------------------------------
+
+
+async def _turn_on_file(path: Path, reply: object, **agent_options: object) -> list[events.Event]:
+    """One turn on the session at ``path`` by a new agent (as a new process would); its
+    live events, whether it ended normally or raised."""
+    seen: list[events.Event] = []
+    agent = trurn.Agent(FakeProvider([reply]), **agent_options)  # type: ignore[list-item, arg-type]
+    async with trurn.Context(path) as context:
+        try:
+            await agent.run_turn(context, "go", on_event=seen.append)
+        except RuntimeError:
+            pass
+    return seen
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        text_reply("Done."),
+        RuntimeError("the provider broke"),  # error, run_aborted, turn_finished after the end
+        [[ToolCallDelta(index=0, id="c1", name="echo")], RuntimeError("cut off")],
+    ],
+    ids=["completed", "error", "error-with-a-call-to-close"],
+)
+async def test_a_restored_session_goes_on_after_every_seq_its_turns_published(
+    tmp_path: Path, reply: object
+) -> None:
+    path = tmp_path / "s.jsonl"
+    first = await _turn_on_file(path, reply)
+    assert isinstance(first[-1], events.TurnFinished)
+    second = await _turn_on_file(path, text_reply("Again."))
+    assert second[0].seq == first[-1].seq + 1
+    records = (await read_journal(path)).records
+    ends = [r for r in records if isinstance(r, TurnEnd)]
+    assert [end.seq for end in ends] == [first[-1].seq, second[-1].seq]
+    # A reconnecting subscriber gets each turn_finished with its live seq.
+    replayed = [e for e in missed_events(records, 0) if isinstance(e, events.TurnFinished)]
+    assert [(e.seq, e.stop_reason) for e in replayed] == [
+        (first[-1].seq, first[-1].stop_reason),
+        (second[-1].seq, "completed"),
+    ]
+
+
+async def test_an_exact_turn_whose_turn_finished_record_is_missing_replays_one(
+    tmp_path: Path,
+) -> None:
+    # A process killed right after run_turn returned: the turn_finished event record,
+    # written after the turn's sync, may not be in the file yet.
+    path = tmp_path / "s.jsonl"
+    stream = await _turn_on_file(path, text_reply("Hi", " there."), persist_events=True)
+    records = (await read_journal(path)).records
+    cut = [
+        r for r in records if not (isinstance(r, EventRecord) and tag(r.event) == "turn_finished")
+    ]
+    assert len(cut) == len(records) - 1
+    live_end = stream[-1]
+    assert isinstance(live_end, events.TurnFinished)
+    for session in (records, cut):
+        replay = missed_events(session, 0)
+        assert replay == [e for e in stream if tag(e) not in DELTA_EVENT_TYPES]
+        assert replay[-1] == live_end  # text and seq included
+
+
+async def test_a_failed_final_write_announces_the_end_the_file_will_keep(tmp_path: Path) -> None:
+    writes = 0
+
+    def full_disk_once(fd: int, data: bytes) -> int:
+        nonlocal writes
+        writes += 1
+        if writes == 2:  # the header is the first write; the turn's records the second
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    path = tmp_path / "s.jsonl"
+    seen: list[events.Event] = []
+    agent = trurn.Agent(FakeProvider([text_reply("Done.")]))
+    async with trurn.Context(path, _file_ops=FileOps(write=full_disk_once)) as context:
+        with pytest.raises(trurn.SessionWriteError, match="No space left"):
+            await agent.run_turn(context, "go", on_event=seen.append)
+    # aclose wrote the queued records: the file says the turn completed, and so did
+    # the live stream, with the seq the end marker holds.
+    records = (await read_journal(path)).records
+    (end,) = [r for r in records if isinstance(r, TurnEnd)]
+    finished = [e for e in seen if isinstance(e, events.TurnFinished)]
+    assert [(e.stop_reason, e.seq) for e in finished] == [("completed", end.seq)]
+    assert end.stop_reason == "completed"
+    assert not any(isinstance(e, events.RunAborted) for e in seen)
+    replayed = [e for e in missed_events(records, 0) if isinstance(e, events.TurnFinished)]
+    assert replayed == finished

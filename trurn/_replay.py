@@ -19,6 +19,10 @@ synthesised
     ``tool_exit`` and ``turn_finished``. Deltas, ``tool_call``, ``tool_output``,
     ``error``, ``run_aborted`` and the other kinds are not replayed.
 
+A turn that ended always replays a ``turn_finished``: an exact turn whose own was not
+persisted (its kind was not kept, or the process ended before that record was written,
+which the turn does not wait for) gets one made from its end marker.
+
 Which seq a synthesised event gets (the table follows how the turn records: a record's
 ``seq`` is the seq of the last event published before it, ``s`` below):
 
@@ -34,10 +38,10 @@ steered user message   user_       ``s + 1``: recorded right before it is announ
 k tool results         tool_exit   ``s - k + 1 .. s``, in call order: the real ``tool_exit``
 recorded together                  events came before the record, among ``tool_call`` and
                                    ``tool_output`` events, so only their window is known
-``TurnEnd``            turn_       ``s + 1``: recorded (and synced) right before
-                       finished    ``turn_finished`` (exact for a turn that ends normally;
-                                   an aborted turn's comes a few seqs later, after its
-                                   ``run_aborted``)
+``TurnEnd``            turn_       ``s``: the end marker is the exception, it holds the
+                       finished    seq ``turn_finished`` gets, published right after the
+                                   marker is synced (exact while one turn of the agent
+                                   emits)
 =====================  ==========  =========================================================
 
 then each seq is raised, where needed, to one more than the seq before it (results
@@ -166,7 +170,9 @@ def missed_events(records: Iterable[Record], since: int) -> list[events.Event]:
     records = list(records)
     persisted = [record.event for record in records if isinstance(record, EventRecord)]
     covered = {event.turn_id for event in persisted}
-    replay = sorted([*persisted, *_synthesise(records, covered)], key=lambda event: event.seq)
+    finished = {event.turn_id for event in persisted if isinstance(event, events.TurnFinished)}
+    synthesised = _synthesise(records, covered, finished)
+    replay = sorted([*persisted, *synthesised], key=lambda event: event.seq)
     missed: list[events.Event] = []
     last = since
     for event in replay:
@@ -178,11 +184,14 @@ def missed_events(records: Iterable[Record], since: int) -> list[events.Event]:
     return missed
 
 
-def _synthesise(records: Sequence[Record], covered: Collection[str]) -> list[events.Event]:
-    """The synthesised events of the turns not in ``covered``, with their final seqs."""
+def _synthesise(
+    records: Sequence[Record], covered: Collection[str], finished: Collection[str]
+) -> list[events.Event]:
+    """The synthesised events of the turns not in ``covered`` (exact turns), and the
+    ``turn_finished`` of ended turns not in ``finished``, with their final seqs."""
     placed: list[events.Event] = []
     last = 0
-    for estimate, event in _estimates(records, covered):
+    for estimate, event in _estimates(records, covered, finished):
         last = max(estimate, last + 1)
         event.seq = last
         placed.append(event)
@@ -190,11 +199,12 @@ def _synthesise(records: Sequence[Record], covered: Collection[str]) -> list[eve
 
 
 def _estimates(
-    records: Sequence[Record], covered: Collection[str]
+    records: Sequence[Record], covered: Collection[str], finished: Collection[str]
 ) -> Iterator[tuple[int, events.Event]]:
     """Each synthesised event with the seq the module docstring's table gives it."""
     position = 0  # the highest record seq so far: a record's seq may lag (a repair, seq 0)
-    turn: TurnStart | None = None  # the turn being synthesised, None outside one
+    turn: TurnStart | None = None  # the turn being read, None outside one
+    exact = False  # whether that turn replays its persisted events
     text: str | None = None  # its last assistant text, for turn_finished
     index = 0
     while index < len(records):
@@ -202,9 +212,8 @@ def _estimates(
         index += 1
         position = max(position, record.seq)
         if isinstance(record, TurnStart):
-            turn = None if record.turn_id in covered else record
-            text = None
-            if turn is None:
+            turn, exact, text = record, record.turn_id in covered, None
+            if exact:
                 continue
             prompt = ""
             if index < len(records):
@@ -216,16 +225,20 @@ def _estimates(
         elif turn is None:
             continue
         elif isinstance(record, TurnEnd):
-            if record.stop_reason != "interrupted":  # not a repair made by restore
+            # Not for a repair made by restore, nor a turn_finished that was persisted.
+            if record.stop_reason != "interrupted" and turn.turn_id not in finished:
                 aborted = record.stop_reason in ("aborted", "error")
-                finished = events.TurnFinished(
+                ended = events.TurnFinished(
                     stop_reason=record.stop_reason,
                     usage=record.usage,
                     text=None if aborted else text,
                     turn_id=turn.turn_id,
                 )
-                yield position + 1, finished
+                yield position, ended
             turn = None
+        elif exact:
+            if isinstance(record, MessageRecord) and isinstance(record.message, AssistantMessage):
+                text = record.message.content
         elif isinstance(record, MessageRecord):
             message = record.message
             if isinstance(message, AssistantMessage):

@@ -172,7 +172,7 @@ async def play_turn(
     except BaseException as exc:
         if finished:  # a turn that already announced its end is not aborted after it
             raise
-        if isinstance(exc, trio.Cancelled) and turn.end_is_decided():
+        if turn.end_is_decided():  # a cancel, or a failed sync, after the end was written
             await turn.announce_end()
         else:
             await _abort(context, turn.emit, _abort_reason(exc), turn.usage, error=exc)
@@ -301,9 +301,10 @@ class _Turn:
             await self.emit([events.ToolExit.of(result) for result in closed])
 
     def end_is_decided(self) -> bool:
-        """Whether a cancel came too late to abort the turn: its ``turn_finished`` was
-        being published (then it reaches every subscriber anyway), or its end marker
-        was handed to the file (which will say the turn ended as it did)."""
+        """Whether a cancel or an error came too late to abort the turn: its
+        ``turn_finished`` was being published (then it reaches every subscriber anyway),
+        or its end marker was handed to the file (which will say the turn ended as it
+        did, once written: a failed sync leaves it queued for the next write)."""
         return self.ended is not None and (
             self.ended.seq != 0 or self.context.turn_end_is_final(self.id)
         )
@@ -334,8 +335,10 @@ class _Turn:
         result = self.result(stop_reason, text)
         await self.hooks.on_turn_end(result)
         # Durable before announced: the turn's records reach the disk (per the
-        # context's fsync policy) before subscribers hear it finished.
-        self.context.mark_turn_end(self.id, stop_reason, self.usage, seq=self.emit.last_seq)
+        # context's fsync policy) before subscribers hear it finished. The end marker
+        # holds the seq turn_finished is about to get, so a restored session goes on
+        # after it.
+        self.context.mark_turn_end(self.id, stop_reason, self.usage, seq=self.emit.next_seq())
         self.ended = events.TurnFinished(
             stop_reason=stop_reason, usage=self.usage, text=result.text
         )
@@ -611,7 +614,7 @@ async def _abort(
     closing.append(events.RunAborted(reason=reason, message=message))
     stop_reason = "error" if reason == "error" else "aborted"
     closing.append(events.TurnFinished(stop_reason=stop_reason, usage=usage))
-    context.mark_turn_end(emit.turn_id, stop_reason, usage, seq=seq)
+    context.mark_turn_end(emit.turn_id, stop_reason, usage, seq=emit.next_seq(len(closing)))
     with trio.CancelScope(shield=True):
         try:
             await context.sync()
@@ -685,6 +688,11 @@ class _Emitter:
     def last_seq(self) -> int:
         """The seq of the last event this agent published."""
         return self._agent._seq
+
+    def next_seq(self, count: int = 1) -> int:
+        """The seq the ``count``-th next event of this agent gets, if no other turn of the
+        agent publishes first."""
+        return self._agent._seq + count
 
     @property
     def turn_id(self) -> str:
