@@ -95,7 +95,9 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     times; ``created_at`` is ``None`` when the file has no header). ``title`` is the
     first user message, on one line and shortened. ``last_usage`` is the usage of the
     newest assistant message that reported one. ``error`` is set, and the counts left
-    empty, when the file cannot be read (missing, corrupt, from a newer trurn). Only the
+    empty, when the file cannot be read (missing, corrupt, from a newer trurn); its
+    ``updated_at`` is then the modification time of the file, or of the link when that
+    is all there is, so a broken session keeps its place in the listing. Only the
     lines these come from are decoded (see :func:`~trurn._journal.index_journal`): a
     line damaged past its start elsewhere is reported when the session is opened.
     """
@@ -159,6 +161,7 @@ def _read_info_sync(root: Path, session_id: str, path: Path) -> tuple[SessionInf
     Only a file in the store is read: a work dir's link leading anywhere else (to
     ``/dev/zero``, a FIFO, another user's file) is reported in ``error``, not followed.
     """
+    updated_at = None
     try:
         if not os.path.exists(path):  # a link whose file is gone, or a file deleted meanwhile
             raise FileNotFoundError(path)
@@ -172,11 +175,22 @@ def _read_info_sync(root: Path, session_id: str, path: Path) -> tuple[SessionInf
     except FileNotFoundError:
         where = os.readlink(path) if os.path.islink(path) else path
         error = f"the session file {where} is missing"
-        return SessionInfo(session_id=session_id, path=path, error=error), True
+        return _broken(session_id, path, error, updated_at), True
     except (OSError, SessionError) as exc:
         error = str(exc) if isinstance(exc, SessionError) else f"{path}: {exc.strerror or exc}"
-        return SessionInfo(session_id=session_id, path=path, error=error), False
+        return _broken(session_id, path, error, updated_at), False
     return info, False
+
+
+def _broken(session_id: str, path: Path, error: str, updated_at: float | None) -> SessionInfo:
+    """The listing of a session that cannot be read: dated by its file's modification
+    time if known, else its link's (never followed: it may lead out of the store)."""
+    if updated_at is None:
+        try:
+            updated_at = os.lstat(path).st_mtime
+        except OSError:
+            updated_at = 0.0
+    return SessionInfo(session_id=session_id, path=path, error=error, updated_at=updated_at)
 
 
 def _scan_local_sync(sessions_dir: Path) -> list[tuple[str, Path]]:
@@ -574,6 +588,12 @@ def _guard(text: str) -> str:
     return text.replace("<!--", "&lt;!--")
 
 
+def _inline(text: str) -> str:
+    """A name or id from the model or provider for a heading: guarded, on one line (the
+    marker holds it as it is)."""
+    return _guard(" ".join(text.splitlines()))
+
+
 def _fenced(text: str, lang: str = "") -> str:
     """``text`` in a fenced block whose fence is longer than any backtick run inside."""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
@@ -591,7 +611,7 @@ def _quoted(text: str) -> str:
 
 
 def _render_tool_call(call: ToolCall) -> str:
-    title = f"**Tool call** `{call.name}` (`{call.id}`)"
+    title = f"**Tool call** `{_inline(call.name)}` (`{_inline(call.id)}`)"
     if call.arguments_error is not None:
         note = f"_The arguments are not valid JSON: {_guard(call.arguments_error)}_"
         return f"{title}\n\n{note}\n\n{_fenced(call.arguments_raw, 'text')}"
@@ -606,14 +626,17 @@ def _render_message(message: Message) -> str:
     elif isinstance(message, UserMessage):
         parts = ["## User", _guard(message.content)]
     elif isinstance(message, ToolMessage):
-        heading = f"## Tool result: `{message.name}` (`{message.tool_call_id}`), {message.status}"
+        heading = (
+            f"## Tool result: `{_inline(message.name)}` (`{_inline(message.tool_call_id)}`),"
+            f" {message.status}"
+        )
         parts = [heading]
         if message.arguments is not None:  # a before_tool hook changed the call
             ran = json.dumps(message.arguments, indent=2, ensure_ascii=False, default=str)
             parts += ["_Ran with arguments changed by a hook:_", _fenced(ran, "json")]
         parts.append(_fenced(message.content, "text"))
     else:
-        heading = "## Assistant" + (f" ({message.model})" if message.model else "")
+        heading = "## Assistant" + (f" ({_inline(message.model)})" if message.model else "")
         if message.aborted:
             heading += ", cut short"
         parts = [heading]
@@ -661,9 +684,9 @@ def render_markdown(header: Header | None, records: Iterable[Record], *, session
     if session.created_at is not None:
         facts.append(f"- Created: {_local_time(session.created_at)}")
     if session.work_dir is not None:
-        facts.append(f"- Work dir: `{_guard(session.work_dir)}`")
+        facts.append(f"- Work dir: `{_inline(session.work_dir)}`")
     if session.model is not None:
-        facts.append(f"- Model: `{_guard(session.model)}`")
+        facts.append(f"- Model: `{_inline(session.model)}`")
     blocks = [f"# Session {session_id}", _marker("session", session)]
     if facts:
         blocks.append("\n".join(facts))
