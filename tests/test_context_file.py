@@ -157,6 +157,33 @@ async def test_a_torn_last_line_is_reported_dropped_and_the_next_turn_appends_cl
     assert [m.content for m in await reload(path)] == ["a", "one", "b", "two"]
 
 
+async def test_a_restore_that_raises_closes_the_file_and_leaves_the_context_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "torn.jsonl"
+    async with trurn.Context(path) as context:
+        context.append(UserMessage("hello"))
+    with path.open("ab") as file:
+        file.write(b'{"kind":"mess')
+    context = trurn.Context(path, messages=[UserMessage("before")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SessionRecoveryWarning)  # as python -W error does
+        with pytest.raises(SessionRecoveryWarning, match="dropped a torn last line"):
+            async with context:
+                pytest.fail("the block must not run")
+    assert not context.is_open
+    assert [m.content for m in context.messages] == ["before"]
+    assert context.torn_tail is None
+    assert context.last_seq == 0
+    # The lock and the claim were released: the file opens again, its tail cut off.
+    async with trurn.Context(path) as again:
+        assert [m.content for m in again.messages] == ["hello"]
+        assert again.torn_tail is None
+    # And the context itself can be restored now.
+    async with context:
+        assert [m.content for m in context.messages] == ["hello"]
+
+
 async def test_a_corrupt_line_names_the_file_and_line_and_nothing_is_rewritten(
     tmp_path: Path,
 ) -> None:

@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -440,7 +440,7 @@ async def test_a_failed_background_write_is_reported_by_the_next_flush_and_retri
     async with writing_behind(journal):
         journal.enqueue([msg("a" * 100)])
         journal.flush_nowait()
-        await until(lambda: journal._failure is not None)
+        await until(lambda: bool(journal._failures))
         assert data_of(path) == before  # the short write was cut back
         journal.enqueue([msg("b")])
         with pytest.raises(SessionWriteError, match="No space left on device"):
@@ -483,6 +483,141 @@ async def test_a_sync_waits_even_when_cancelled_and_close_stops_the_thread(
         assert (await read_journal(path)).records == [HEADER, msg("a"), msg("b")]
     with pytest.raises(trio.ClosedResourceError):
         journal.enqueue([msg("c")])
+
+
+async def no_hang(scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run ``scenario`` in a trio loop of its own, in a thread that is given up on after
+    5 s: a shielded wait that nothing answers cannot be cancelled, so the test fails
+    instead of hanging."""
+    with trio.fail_after(5):
+        await trio.to_thread.run_sync(trio.run, scenario, abandon_on_cancel=True)
+
+
+class Buggy:
+    """FileOps.write raising what no OS call raises: ``exception``, until ``fixed``."""
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
+        self.fixed = False
+
+    def write(self, fd: int, data: bytes) -> int:
+        if self.fixed:
+            return os.write(fd, data)
+        raise self.exception
+
+
+@pytest.mark.parametrize("reported_by", ["sync", "background write"])
+async def test_an_unexpected_error_in_the_writer_is_answered_and_stops_the_journal(
+    tmp_path: Path, reported_by: str
+) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await new_journal(path)).aclose()
+    before = data_of(path)
+    buggy = Buggy(RuntimeError("a bug in the FileOps"))
+    refusal = r"refusing to append: writing failed unexpectedly \(RuntimeError: a bug in the"
+
+    async def scenario() -> None:
+        journal = await open_journal(path, file_ops=FileOps(write=buggy.write))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.serve_writer)
+            journal.enqueue([msg("a")])
+            queued = list(journal._chunks)
+            if reported_by == "sync":
+                with pytest.raises(SessionWriteError) as caught:
+                    await journal.sync()
+                assert str(caught.value).startswith(f"{path}: writing failed: RuntimeError")
+                assert isinstance(caught.value.__cause__, RuntimeError)
+            else:
+                journal.flush_nowait()
+                await until(lambda: journal._failed is not None)
+            assert list(journal._chunks) == queued  # taken, then queued again, not dropped
+            buggy.fixed = True  # what the file holds is unknown: it stays refused
+            for attempt in (journal.sync, journal.flush, journal.aclose):
+                with pytest.raises(SessionWriteError, match=refusal) as refused:
+                    await attempt()  # aclose: "a" was never written
+                assert isinstance(refused.value.__cause__, SessionWriteError)
+                assert isinstance(refused.value.__cause__.__cause__, RuntimeError)
+        assert journal.closed
+        assert data_of(path) == before
+        await (await open_journal(path)).aclose()  # the file was closed and released
+
+    await no_hang(scenario)
+
+
+async def test_an_interrupt_in_the_writer_answers_the_sync_and_reaches_trio(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await new_journal(path)).aclose()
+    before = data_of(path)
+    refusal = r"refusing to append: writing failed unexpectedly \(KeyboardInterrupt\)"
+
+    async def scenario() -> None:
+        journal = await open_journal(path, file_ops=FileOps(write=Buggy(KeyboardInterrupt()).write))
+        with pytest.RaisesGroup(KeyboardInterrupt, flatten_subgroups=True):  # not swallowed
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.serve_writer)
+                journal.enqueue([msg("a")])
+                with pytest.raises(SessionWriteError, match=refusal) as caught:
+                    await journal.sync()
+                assert isinstance(caught.value.__cause__.__cause__, KeyboardInterrupt)
+                await trio.sleep_forever()  # until the interrupt cancels the nursery
+        assert not journal.writing_behind
+        with pytest.raises(SessionWriteError, match=refusal):  # "a" is still queued
+            await journal.aclose()
+        assert data_of(path) == before
+        await (await open_journal(path)).aclose()  # the file was closed and released
+
+    await no_hang(scenario)
+
+
+def eio(*args: object) -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("broken", ["fsync", "cut back"])
+async def test_a_background_failure_that_stops_the_journal_is_the_cause_of_each_refusal(
+    tmp_path: Path, broken: str
+) -> None:
+    path = tmp_path / "s.jsonl"
+    await (await new_journal(path)).aclose()
+    if broken == "fsync":
+        ops = FileOps(fsync=eio)
+        first, code = "fsync failed: Input/output error", errno.EIO
+    else:
+        ops = FileOps(write=ShortThenFull().write, truncate=eio)
+        first, code = "write failed: No space left on device", errno.ENOSPC
+    journal = await open_journal(path, fsync="record", file_ops=ops)
+
+    def names_the_first_error(refusal: SessionWriteError) -> None:
+        assert "refusing to append" in str(refusal)
+        assert os.strerror(code) in str(refusal)
+        assert str(refusal.__cause__).startswith(f"{path}: {first}; ")
+        assert isinstance(refusal.__cause__.__cause__, OSError)
+        assert refusal.__cause__.__cause__.errno == code
+
+    closing: list[SessionWriteError] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.serve_writer)
+        try:
+            journal.enqueue([msg("a" * 100)])
+            journal.flush_nowait()
+            await until(lambda: journal._failed is not None)
+            with pytest.raises(SessionWriteError) as caught:
+                journal.flush_nowait()
+            names_the_first_error(caught.value)
+            for attempt in (journal.flush, journal.sync):
+                with pytest.raises(SessionWriteError) as caught:
+                    await attempt()
+                names_the_first_error(caught.value)
+        finally:
+            try:
+                await journal.aclose()
+            except SessionWriteError as error:
+                closing.append(error)
+    assert len(closing) == (broken == "cut back")  # only then was a record never written
+    for error in closing:
+        names_the_first_error(error)
 
 
 # -- torn and corrupt files --------------------------------------------------------------------

@@ -271,6 +271,10 @@ class Context:
         :class:`~trurn.SessionCorruptError` naming the file and line, and nothing is
         rewritten. Tool calls left without a result get an ``"interrupted"`` one, which
         is written at once. Returns ``self``.
+
+        If it raises (a write fails, the :class:`SessionRecoveryWarning` is made an
+        error, a cancel), the file is closed and released and the context is as it was
+        before: not open. What was written by then (repairs) stays in the file, valid.
         """
         if self.path is None:
             raise RuntimeError("this Context has no path: it lives in memory only")
@@ -279,10 +283,24 @@ class Context:
         journal = await open_journal(
             self.path, fsync=self._fsync, create=self._create, file_ops=self._file_ops
         )
+        # Restoring sets attributes and changes no object they held but _pending (copied
+        # here), so this is the context as it was, to go back to if restoring fails.
+        before = dict(vars(self), _pending=list(self._pending))
+        try:
+            await self._load(journal)
+        except BaseException:
+            vars(self).update(before)
+            with trio.CancelScope(shield=True):
+                await journal.aclose()
+            raise
+        return self
+
+    async def _load(self, journal: Journal) -> None:
+        """Load what ``journal`` holds, write the repairs, then warn of a torn line."""
+        assert self.path is not None
         contents = journal.contents
         header = contents.header
         if header is not None and self.session_id not in (None, header.session_id):
-            await journal.aclose()
             raise SessionError(
                 f"{self.path} holds session {header.session_id!r}, not {self.session_id!r} "
                 "(the file was copied or renamed; pass session_id= to open it as what it "
@@ -292,13 +310,6 @@ class Context:
         self._journal = journal
         self._closed = False
         self.torn_tail = contents.torn_tail
-        if contents.torn_tail is not None:
-            warnings.warn(
-                f"{self.path}: dropped a torn last line of {len(contents.torn_tail)} bytes "
-                "(the process ended while writing it); the history before it is intact",
-                SessionRecoveryWarning,
-                stacklevel=2,
-            )
         self._messages = [r.message for r in contents.records if isinstance(r, MessageRecord)]
         self._compaction, self._compacted_at = _latest_compaction(contents.records)
         self.last_seq = max((r.seq for r in contents.records), default=0)
@@ -312,12 +323,14 @@ class Context:
         self._open_turn = _unfinished_turn(contents.records)
         if self._open_turn is not None:
             self.mark_turn_end(self._open_turn, "interrupted", Usage(), seq=self.last_seq)
-        try:
-            await self.flush()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
+        await self.flush()
+        if contents.torn_tail is not None:
+            warnings.warn(
+                f"{self.path}: dropped a torn last line of {len(contents.torn_tail)} bytes "
+                "(the process ended while writing it); the history before it is intact",
+                SessionRecoveryWarning,
+                stacklevel=3,  # the caller of restore
+            )
 
     async def flush(self) -> None:
         """Hand the records added since the last flush to the file, to be written as

@@ -569,6 +569,7 @@ class Journal:
         self._lock = trio.StrictFIFOLock()  # one caller-side write at a time
         self._closed = False
         self._failed: str | None = None  # why appends are refused after an error
+        self._failed_by: SessionWriteError | None = None  # that error, every refusal's cause
         # The background writer (serve_writer).
         self._writer_running = False
         self._writer_stopped = trio.Event()
@@ -576,7 +577,9 @@ class Journal:
         self._commands: queue.SimpleQueue[object] = queue.SimpleQueue()
         # Its deadline is when the waker task wakes the writer thread (inf: no plan).
         self._wake_scope = trio.CancelScope()
-        self._failure: SessionWriteError | None = None  # a background write's, unreported
+        # The error of the last background write, until flush_nowait reports it. A deque
+        # so that taking it is one atomic step the writer thread cannot slip a new one into.
+        self._failures: collections.deque[SessionWriteError] = collections.deque(maxlen=1)
 
     @property
     def offset(self) -> int:
@@ -632,11 +635,17 @@ class Journal:
         if not self._writer_running:
             raise RuntimeError(f"{self.path} has no background writer: await flush() instead")
         self._check_writable()
-        failure, self._failure = self._failure, None
+        failure = self._take_failure() if self._failures else None
         if self.unwritten and self._wake_scope.deadline == math.inf:
             self._wake_scope.deadline = trio.current_time() + LINGER
         if failure is not None:
             raise failure
+
+    def _take_failure(self) -> SessionWriteError | None:
+        try:
+            return self._failures.popleft()
+        except IndexError:  # a barrier cleared it meanwhile: its waiter hears how it went
+            return None
 
     async def append(self, records: Sequence[Record]) -> None:
         """Queue ``records`` (see :meth:`enqueue`) and wait until they are in the file,
@@ -773,7 +782,8 @@ class Journal:
                 self._commands.put(_WAKE)
 
     def _answer_orphans(self) -> None:
-        """Answer the barriers a writer thread left behind (only a bug ends it early)."""
+        """Answer the barriers a writer thread left behind (it ends early only when
+        ``KeyboardInterrupt`` or ``SystemExit`` is raised in it, or never started)."""
         while True:
             try:
                 command = self._commands.get_nowait()
@@ -833,32 +843,52 @@ class Journal:
     def _write_queued_sync(self, fsync: bool) -> SessionWriteError | None:
         """Write everything queued in one write, then fsync if asked; the error, if any.
 
-        A failed write puts its batches back at the front of the queue, in order.
+        Whatever the error, the batches not written go back to the front of the queue,
+        in order. After a failed fsync, a failed cut-back or an error that is not an
+        ``OSError`` (a bug in the :class:`FileOps`, a ``MemoryError``: what the file
+        then holds is unknown), the journal refuses appends. Such an error comes back as
+        the cause of the :class:`SessionWriteError`; ``KeyboardInterrupt`` and
+        ``SystemExit`` are raised, so trio sees them.
         """
         if self._failed is not None:
             return self._refusal() if self._chunks else None
-        chunks = _take_all(self._chunks)
-        if chunks:
-            data = b"".join(chunks)
-            try:
-                _write_whole(self._ops, self._fd, data, self._offset)
-            except _WriteFailed as failed:
-                self._chunks.extendleft(reversed(chunks))
-                if failed.file_valid:
-                    return self._error("write failed", failed.error, "nothing was appended")
-                self._failed = "a failed write could not be cut back"
-                detail = "part of a line may be left at the end; reopen the session to cut it off"
-                return self._error("write failed", failed.error, detail)
-            self._offset += len(data)
-        if fsync and self._synced < self._offset:
-            try:
+        try:
+            self._write_chunks()
+            if fsync and self._synced < self._offset:
                 self._ops.fsync(self._fd)
-            except OSError as exc:
-                self._failed = "an fsync failed, so earlier records may not be on disk"
-                detail = "the records are in the file but may not be on disk; reopen the session"
-                return self._error("fsync failed", exc, detail)
-            self._synced = self._offset
+                self._synced = self._offset
+        except _WriteFailed as failed:
+            if failed.file_valid:
+                return self._error("write failed", failed.error, "nothing was appended")
+            detail = "part of a line may be left at the end; reopen the session to cut it off"
+            why = "a write failed and could not be cut back"
+            return self._fail(why, "write failed", failed.error, detail)
+        except OSError as exc:  # only the fsync raises one as it is (see _write_whole)
+            detail = "the records are in the file but may not be on disk; reopen the session"
+            why = "earlier records may not be on disk: an fsync failed"
+            return self._fail(why, "fsync failed", exc, detail)
+        except BaseException as exc:
+            detail = "what the file holds is unknown; reopen the session"
+            error = self._fail("writing failed unexpectedly", "writing failed", exc, detail)
+            if isinstance(exc, Exception):
+                return error
+            raise
         return None
+
+    def _write_chunks(self) -> None:
+        """Write everything queued in one write; on any error it is all queued again."""
+        chunks = _take_all(self._chunks)
+        if not chunks:
+            return
+        written = False
+        try:
+            data = b"".join(chunks)
+            _write_whole(self._ops, self._fd, data, self._offset)
+            written = True
+        finally:
+            if not written:
+                self._chunks.extendleft(reversed(chunks))
+        self._offset += len(data)
 
     def _finish_sync(self) -> SessionWriteError | None:
         """Write what is queued, fsync per the policy, close the file; the error, if any."""
@@ -873,32 +903,58 @@ class Journal:
 
         It sleeps until a command comes: a barrier (answered in trio's thread), a
         wake-up from the waker task, or stop. A failed background write is kept for
-        flush_nowait to report; its records stay queued until the next command.
+        flush_nowait to report; its records stay queued until the next command. After
+        an error that fails the journal (see :meth:`_write_queued_sync`) it goes on
+        serving, and every later barrier hears the refusal; only ``KeyboardInterrupt``
+        or ``SystemExit`` ends it early, after answering the barrier at hand.
         """
         while True:
             command = self._commands.get()
             if command is _STOP:
                 return self._finish_sync()
             if isinstance(command, _Barrier):
-                self._failure = None  # whoever waits on the barrier hears how it went
-                token.run_sync_soon(command.done, self._write_queued_sync(command.fsync))
+                self._failures.clear()  # whoever waits on the barrier hears how it went
+                try:
+                    error = self._write_queued_sync(command.fsync)
+                except BaseException:  # the journal failed (_write_queued_sync saw to it)
+                    token.run_sync_soon(command.done, self._refusal())
+                    raise
+                token.run_sync_soon(command.done, error)
                 continue
             error = self._write_queued_sync(self.fsync_policy == "record")
             if error is not None:
-                self._failure = error
+                self._failures.append(error)
 
-    def _error(self, what: str, exc: OSError, detail: str) -> SessionWriteError:
+    def _error(self, what: str, exc: BaseException, detail: str) -> SessionWriteError:
         error = SessionWriteError(
-            f"{self.path}: {what}: {exc.strerror or exc}; {detail}", path=self.path
+            f"{self.path}: {what}: {_describe(exc)}; {detail}", path=self.path
         )
         error.__cause__ = exc
         return error
 
+    def _fail(self, why: str, what: str, exc: BaseException, detail: str) -> SessionWriteError:
+        """The error for ``exc`` (see :meth:`_error`), after which appends are refused:
+        each refusal says ``why`` and names ``exc``, and has the first such error as
+        its cause."""
+        error = self._error(what, exc, detail)
+        if self._failed is None:
+            self._failed, self._failed_by = f"{why} ({_describe(exc)})", error
+        return error
+
     def _refusal(self) -> SessionWriteError:
-        return SessionWriteError(
+        error = SessionWriteError(
             f"{self.path}: refusing to append: {self._failed}; reopen the session",
             path=self.path,
         )
+        error.__cause__ = self._failed_by
+        return error
+
+
+def _describe(exc: BaseException) -> str:
+    """An error as an error message names it: the OS's words for an OSError."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 _FSYNC_POLICIES = ("turn", "record", "never")
