@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -500,7 +501,7 @@ POOL: list[Record] = [
     MessageRecord(message=ToolMessage(tool_call_id="c", name="t", content=MARKER)),
     TurnStart(turn_id="t"),
     TurnEnd(turn_id="t", stop_reason="completed", usage=Usage(input_tokens=9)),
-    Compaction(summary=MARKER, first_kept=1),
+    Compaction(summary=MARKER, first_kept=0),
     EventRecord(event=events.AssistantDelta(seq=1, turn_id="t", text=MARKER)),
 ]
 
@@ -540,6 +541,34 @@ def test_list_summarises_as_decoding_every_record_would(
     except SessionError as exc:
         found = str(exc)
     assert found == expected
+
+
+@pytest.mark.parametrize("first_kept", [-1, 2])
+def test_a_compaction_keeping_messages_that_are_not_there_is_refused(first_kept: int) -> None:
+    # One message before the marker: it may keep from #0 or #1 on, nothing else.
+    records = [
+        Header(session_id="s", ts=1.0),
+        MessageRecord(message=UserMessage("hi"), ts=1.0),
+        Compaction(summary="s", first_kept=1, ts=1.0),
+    ]
+    good = encode_lines(records)
+    assert parse_journal(good, "f.jsonl").records == records
+    markdown = render_markdown(records[0], records[1:], session_id="s")
+    imported = parse_markdown(markdown, "f.md").records
+    assert [msgspec.structs.replace(r, ts=1.0) for r in imported] == records[1:]
+    bad = good.replace(b'"first_kept":1', f'"first_kept":{first_kept}'.encode())
+    if first_kept >= 0:  # a negative one is no record at all
+        with pytest.raises(SessionCorruptError, match=r"f\.jsonl: line 3: a compaction keeping"):
+            parse_journal(bad, "f.jsonl")
+    bad_markdown = markdown.replace('"first_kept":1', f'"first_kept":{first_kept}')
+    assert bad_markdown != markdown
+    line = next(
+        number
+        for number, text in enumerate(bad_markdown.split("\n"), start=1)
+        if text.startswith("<!-- trurn:compaction")
+    )
+    with pytest.raises(SessionCorruptError, match=rf"f\.md: line {line}: a compaction keeping"):
+        parse_markdown(bad_markdown, "f.md")
 
 
 async def test_list_reads_a_long_session_without_decoding_every_line(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from ._records import (
     TurnEnd,
     TurnStart,
     check_message,
+    compaction_error,
 )
 from ._stream import PendingCall, StreamState
 from .events import Event
@@ -234,11 +235,9 @@ class Context:
         Only a marker is added (and written by the next :meth:`flush`); every message
         stays in :attr:`messages` and in the file.
         """
-        if not 0 <= first_kept <= len(self._messages):
-            raise ValueError(
-                f"first_kept must be within the history (0..{len(self._messages)}), "
-                f"got {first_kept}"
-            )
+        error = compaction_error(first_kept, len(self._messages))
+        if error is not None:
+            raise ValueError(f"cannot compact: {error}")
         marker = Compaction(
             summary=summary, first_kept=first_kept, user_intent=user_intent, seq=seq
         )

@@ -53,9 +53,11 @@ from ._errors import (
 from ._messages import Message
 from ._records import (
     FORMAT_VERSION,
+    Compaction,
     Header,
     MessageRecord,
     Record,
+    compaction_error,
     decode_record,
     encode_lines,
     reserved_device_name,
@@ -229,9 +231,23 @@ def parse_journal(data: bytes, path: str | os.PathLike[str]) -> JournalContents:
     records = [_decode_line(line, number, path) for number, line in enumerate(lines, start=1)]
     tail = data[end_offset:]
     _check_tail(tail, len(lines), path)
+    _check_compactions(records, path)
     return JournalContents(
         path=path, records=records, end_offset=end_offset, torn_tail=tail or None
     )
+
+
+def _check_compactions(records: Sequence[Record], path: str) -> None:
+    """Refuse a compaction marker that keeps messages the file has not reached (it would
+    make every later request fail)."""
+    messages = 0
+    for number, record in enumerate(records, start=1):
+        if isinstance(record, MessageRecord):
+            messages += 1
+        elif isinstance(record, Compaction):
+            error = compaction_error(record.first_kept, messages)
+            if error is not None:
+                raise SessionCorruptError(f"{path}: line {number}: {error}", path=path, line=number)
 
 
 def _check_no_bom(data: bytes, path: str) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "Record",
     "TurnEnd",
     "TurnStart",
+    "compaction_error",
     "decode_record",
     "encode_line",
     "encode_lines",
@@ -111,6 +112,17 @@ class Compaction(_RecordBase, frozen=True, kw_only=True, tag="compaction"):
     summary: str
     user_intent: str | None = None
     first_kept: Annotated[int, msgspec.Meta(ge=0)]
+
+
+def compaction_error(first_kept: int, messages: int) -> str | None:
+    """Why a compaction keeping messages from index ``first_kept`` on cannot follow a
+    history of ``messages`` messages, or ``None`` if it can (pure)."""
+    if 0 <= first_kept <= messages:
+        return None
+    return (
+        f"a compaction keeping the messages from #{first_kept} on, after {messages} "
+        f"messages (it must keep from #0 to #{messages})"
+    )
 
 
 class EventRecord(_RecordBase, frozen=True, kw_only=True, tag="event"):

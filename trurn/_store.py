@@ -60,7 +60,14 @@ from ._messages import (
     Usage,
     UserMessage,
 )
-from ._records import Compaction, Header, MessageRecord, Record, encode_lines
+from ._records import (
+    Compaction,
+    Header,
+    MessageRecord,
+    Record,
+    compaction_error,
+    encode_lines,
+)
 
 __all__ = [
     "SessionExistsError",
@@ -721,6 +728,7 @@ def parse_markdown(text: str, source: str | os.PathLike[str]) -> ParsedExport:
 
     session: _SessionMarker | None = None
     records: list[MessageRecord | Compaction] = []
+    messages = 0  # in records so far
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.removesuffix("\r")
         if not line.startswith(_MARKER_PREFIX):
@@ -744,8 +752,12 @@ def parse_markdown(text: str, source: str | os.PathLike[str]) -> ParsedExport:
                     )
             elif kind == "message":
                 records.append(MessageRecord(message=_message_decoder.decode(payload)))
+                messages += 1
             elif kind == "compaction":
                 found = _compaction_decoder.decode(payload)
+                problem = compaction_error(found.first_kept, messages)
+                if problem is not None:
+                    raise error(number, problem)
                 records.append(
                     Compaction(
                         summary=found.summary,
