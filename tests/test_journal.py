@@ -1138,3 +1138,25 @@ def test_is_valid_session_id_agrees_with_validate_session_id(session_id: str) ->
 def test_a_session_id_that_is_not_a_string() -> None:
     with pytest.raises(SessionIdError, match="must be a str, got int"):
         validate_session_id(5)  # type: ignore[arg-type]
+
+
+async def test_reading_a_session_parses_it_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long session takes tens of milliseconds to decode: the other tasks go on meanwhile.
+    parsed_in: list[threading.Thread] = []
+    parse = _journal.parse_journal
+
+    def recording(data: bytes, path: str | os.PathLike[str]) -> _journal.JournalContents:
+        parsed_in.append(threading.current_thread())
+        return parse(data, path)
+
+    monkeypatch.setattr(_journal, "parse_journal", recording)
+    path = tmp_path / "s.jsonl"
+    async with trurn.Context(path) as context:
+        context.append(trurn.UserMessage("hi"))
+    async with trurn.Context(path) as context:
+        assert [m.content for m in context.messages] == ["hi"]  # type: ignore[union-attr]
+    assert len((await _journal.read_journal(path)).records) == 2
+    assert len(parsed_in) == 3
+    assert threading.main_thread() not in parsed_in

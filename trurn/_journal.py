@@ -392,12 +392,16 @@ def index_journal(data: bytes, path: str | os.PathLike[str]) -> JournalIndex:
 async def read_journal(path: str | os.PathLike[str]) -> JournalContents:
     """Read and parse a session file without taking its lock or changing it.
 
-    A missing file raises ``FileNotFoundError`` as it is. The read runs in a worker
-    thread; the call checkpoints. For a file that someone is appending to, the result
+    A missing file raises ``FileNotFoundError`` as it is. The read and the parse run in
+    a worker thread; the call checkpoints. For a file that someone is appending to, the result
     is a consistent prefix (a line being written shows up as ``torn_tail``).
     """
-    data = await trio.Path(path).read_bytes()
-    return parse_journal(data, path)
+    return await trio.to_thread.run_sync(_read_and_parse, path)
+
+
+def _read_and_parse(path: str | os.PathLike[str]) -> JournalContents:
+    with open(path, "rb") as file:
+        return parse_journal(file.read(), path)
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -1002,6 +1006,23 @@ def _open_sync(path: pathlib.Path, flags: int, create: bool) -> int:
     return os.open(path, flags, 0o600)  # made by another caller meanwhile
 
 
+def _open_and_stat(path: pathlib.Path, flags: int, create: bool) -> tuple[int, os.stat_result]:
+    """:func:`_open_sync`, and what the file is (worker thread)."""
+    fd = _open_sync(path, flags, create)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _lock_and_parse(fd: int, path: pathlib.Path) -> JournalContents:
+    """Take the writer lock, then read and parse the whole file (worker thread: parsing a
+    long session takes a while, and the event loop goes on meanwhile)."""
+    lock_exclusive(fd, str(path))
+    return parse_journal(_read_all(fd), path)
+
+
 async def open_journal(
     path: str | os.PathLike[str],
     *,
@@ -1042,17 +1063,14 @@ async def open_journal(
         | getattr(os, "O_CLOEXEC", 0)
         | getattr(os, "O_BINARY", 0)  # Windows would translate newlines otherwise
     )
-    fd = await trio.to_thread.run_sync(_open_sync, absolute, flags, create)
+    fd, info = await trio.to_thread.run_sync(_open_and_stat, absolute, flags, create)
     key: FileKey | None = None
     try:
-        info = await trio.to_thread.run_sync(os.fstat, fd)
         if not stat.S_ISREG(info.st_mode):
             raise SessionWriteError(f"{absolute} is not a regular file", path=absolute)
         claim((info.st_dev, info.st_ino), absolute, str(absolute))
         key = (info.st_dev, info.st_ino)
-        await trio.to_thread.run_sync(lock_exclusive, fd, str(absolute))
-        data = await trio.to_thread.run_sync(_read_all, fd)
-        contents = parse_journal(data, absolute)
+        contents = await trio.to_thread.run_sync(_lock_and_parse, fd, absolute)
         if contents.torn_tail is not None:
             try:
                 await trio.to_thread.run_sync(file_ops.truncate, fd, contents.end_offset)

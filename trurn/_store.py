@@ -309,6 +309,11 @@ def _read_session_sync(path: Path, session_id: str, doing: str) -> bytes:
         os.close(fd)
 
 
+def _parse_session_sync(path: Path, session_id: str) -> _journal.JournalContents:
+    """Read and parse a session file (worker thread: a long one takes a while)."""
+    return parse_journal(_read_session_sync(path, session_id, "read"), path)
+
+
 def _check_header_sync(path: Path, session_id: str, doing: str) -> None:
     """Refuse a file whose header names another session (worker thread).
 
@@ -1117,12 +1122,11 @@ class SessionStore:
     async def _read(self, session_id: str, path: Path, target: Path) -> _journal.JournalContents:
         """The records of a session file that :meth:`_locate` found, read without its lock."""
         try:
-            data = await trio.to_thread.run_sync(_read_session_sync, target, session_id, "read")
+            return await trio.to_thread.run_sync(_parse_session_sync, target, session_id)
         except FileNotFoundError as exc:
             raise _deleted(session_id, path, target) from exc
         except OSError as exc:
             raise SessionError(f"cannot read {target}: {exc.strerror or exc}", path=target) from exc
-        return parse_journal(data, target)
 
     async def continue_latest(
         self, work_dir: str | os.PathLike[str], *, fsync: FsyncPolicy = "turn"
