@@ -107,6 +107,19 @@ async def test_subscriber_sees_only_events_published_after_it_joined() -> None:
         assert drain(early) == evs(1, 2)
 
 
+async def test_events_published_to_nobody_are_counted_and_never_delivered_later() -> None:
+    hub = make_hub()
+    await hub.publish(evs(1, 2))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await hub.publish(evs(3))  # a cancellation point even with nobody listening
+    async with hub.subscribe() as late:
+        await hub.publish(evs(4))
+        assert drain(late) == evs(4)
+    stats = hub.statistics()
+    assert (stats.published, stats.delivered, stats.dropped) == (3, 1, 0)
+
+
 async def test_subscriber_is_removed_and_closed_on_exit() -> None:
     hub = make_hub()
     seen = []

@@ -250,6 +250,9 @@ class Broadcast(Generic[T]):
             raise trio.ClosedResourceError("publish on a closed Broadcast")
         if self._publishing:
             raise trio.BusyResourceError("another task is already publishing to this Broadcast")
+        if not self._subscribers:  # nobody listens: only the count changes
+            self._published += len(events)
+            return
         self._publishing = True
         published = delivered = 0
         try:
