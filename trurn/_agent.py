@@ -7,6 +7,7 @@ a fresh in-memory history.
 
 from __future__ import annotations
 
+import collections
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -171,6 +172,8 @@ class Agent:
         self._hub: Broadcast[events.Event] = Broadcast(is_final=_is_final, on_drop=_dropped)
         self._emitting = False  # an emitter of this agent is publishing (see _turn._Emitter)
         self._emit_waiters = trio.lowlevel.ParkingLot()
+        # Closing events stamped while another emitter was publishing: it delivers them.
+        self._final_batches: collections.deque[Sequence[events.BaseEvent]] = collections.deque()
         self._seq = 0
 
     def subscribe(

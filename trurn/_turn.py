@@ -165,7 +165,12 @@ async def play_turn(
                 result = turn.result(turn.ended.stop_reason)
             else:
                 await _abort(
-                    context, turn.emit, "cancelled", turn.usage, message=turn.control.reason
+                    context,
+                    turn.emit,
+                    "cancelled",
+                    turn.usage,
+                    message=turn.control.reason,
+                    announced=turn.abort_announced(),
                 )
                 result = turn.result("aborted")
             finished = True
@@ -175,7 +180,9 @@ async def play_turn(
         if turn.end_is_decided():  # a cancel, or a failed sync, after the end was written
             await turn.announce_end()
         else:
-            await _abort(context, turn.emit, _abort_reason(exc), turn.usage, error=exc)
+            reason = _abort_reason(exc)
+            announced = reason == "cancelled" and turn.abort_announced()
+            await _abort(context, turn.emit, reason, turn.usage, error=exc, announced=announced)
         raise
     finally:
         _current_turn.reset(token)
@@ -221,6 +228,8 @@ class _Turn:
         self.tool_calls: list[ToolCall] = []
         self.replies = 0
         self.ended: events.TurnFinished | None = None  # once the end marker is handed over
+        # The run_aborted of cancel("after_turn"), once it is being published.
+        self.abort_notice: events.RunAborted | None = None
 
     async def begin(self, message: str) -> None:
         """Announce the turn and add the user's message to the history."""
@@ -241,7 +250,8 @@ class _Turn:
         """Before a model call: a cancel asked for after the step, steering messages,
         the token budget and the iteration policy."""
         if self.control.stop_requested:  # agent.cancel(mode="after_turn")
-            await self.emit([events.RunAborted(reason="cancelled", message=self.control.reason)])
+            self.abort_notice = events.RunAborted(reason="cancelled", message=self.control.reason)
+            await self.emit([self.abort_notice])
             return "aborted"
         budget = self.guard.before_request(self.usage)
         if budget.stop_reason is not None:
@@ -308,6 +318,12 @@ class _Turn:
         return self.ended is not None and (
             self.ended.seq != 0 or self.context.turn_end_is_final(self.id)
         )
+
+    def abort_announced(self) -> bool:
+        """Whether the ``run_aborted`` of ``cancel("after_turn")`` went out: stamped, it
+        reaches every subscriber even if a cancel interrupts its delivery (it is a final
+        event), so an abort after it must not publish a second one."""
+        return self.abort_notice is not None and self.abort_notice.seq != 0
 
     async def announce_end(self) -> None:
         """Publish ``turn_finished`` after a late cancel, unless it is already out."""
@@ -588,12 +604,14 @@ async def _abort(
     *,
     error: BaseException | None = None,
     message: str | None = None,
+    announced: bool = False,
 ) -> None:
     """Leave a valid history and the closing events after a cancel or an error.
 
     ``reason`` is what :func:`_abort_reason` says (``"cancelled"``, ``"interrupted"``,
     ``"error"``); ``error`` the exception that ended the turn, ``message`` the reason
-    given to :meth:`~trurn.Agent.cancel`. The history is repaired first
+    given to :meth:`~trurn.Agent.cancel`; ``announced`` that the turn's ``run_aborted``
+    went out already (see :meth:`_Turn.abort_announced`). The history is repaired first
     (synchronously), so nothing the callbacks do here can leave a tool call without a
     result.
     """
@@ -611,7 +629,8 @@ async def _abort(
     closing.extend(
         events.ToolExit.of(result) for result in context.close_tool_calls(status, content, seq=seq)
     )
-    closing.append(events.RunAborted(reason=reason, message=message))
+    if not announced:
+        closing.append(events.RunAborted(reason=reason, message=message))
     stop_reason = "error" if reason == "error" else "aborted"
     closing.append(events.TurnFinished(stop_reason=stop_reason, usage=usage))
     context.mark_turn_end(emit.turn_id, stop_reason, usage, seq=emit.next_seq(len(closing)))
@@ -749,15 +768,35 @@ class _Emitter:
                 await self._call_back(batch)
         finally:
             agent._emitting = False
+            if agent._final_batches:
+                _deliver_final_batches(agent)
             if agent._emit_waiters:
                 agent._emit_waiters.unpark()
 
     async def final(self, batch: Sequence[events.BaseEvent]) -> None:
         """Publish while the turn is being torn down: shielded, and never waiting for
         a subscriber (a full one has older events evicted, see
-        :meth:`Broadcast.publish_nowait`). ``on_event`` still gets every event (unless
-        it already failed), so it must not block indefinitely."""
+        :meth:`Broadcast.publish_nowait`). If another turn of the agent is publishing
+        (waiting for a slow subscriber), the batch is handed to it and leaves right
+        after its own, so subscribers still get every seq in order. ``on_event`` still
+        gets every event at once (unless it already failed), so it must not block
+        indefinitely."""
         with trio.CancelScope(shield=True):
             self._stamp(batch)
-            self._agent._hub.publish_nowait(batch)  # type: ignore[arg-type]
+            agent = self._agent
+            if agent._emitting:
+                agent._final_batches.append(batch)
+            else:
+                agent._hub.publish_nowait(batch)  # type: ignore[arg-type]
             await self._call_back(batch)
+
+
+def _deliver_final_batches(agent: Agent) -> None:
+    """Publish the closing batches other turns stamped while this emitter published
+    (see :meth:`_Emitter.final`), without waiting for any subscriber."""
+    while agent._final_batches:
+        batch = agent._final_batches.popleft()
+        try:
+            agent._hub.publish_nowait(batch)  # type: ignore[arg-type]
+        except trio.ClosedResourceError:
+            pass  # the agent's subscribers are gone meanwhile: nobody is owed them
