@@ -296,7 +296,11 @@ class Error(BaseEvent, tag="error"):
 
 
 class EventsDropped(BaseEvent, tag="events_dropped"):
-    """Sent to a subscriber with the ``"drop"`` policy: ``count`` events it missed."""
+    """Sent to a subscriber that missed ``count`` events: one with the ``"drop"`` policy
+    that was full, or a full ``"wait"`` subscriber when an ending turn's final events
+    (``run_aborted``, ``turn_finished``) took the place of older ones, which never waits.
+    Its ``seq`` and ``turn_id`` are unset (``0``, ``""``): it is a notice from the
+    subscription, not an event of a turn."""
 
     count: int
 
