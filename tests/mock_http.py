@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from trurn._chunks import Chunk
@@ -19,13 +18,6 @@ from trurn.providers._base import Provider, Request
 
 REQUEST = Request(messages=[UserMessage("hi")])
 SSE = {"content-type": "text/event-stream; charset=utf-8"}
-# A consumer that stops between two reads (an exception or a cancellation landing in its own
-# code) abandons httpx's nested async generators half-way; Trio reports each one as a
-# ResourceWarning when it is collected (httpx issue #3686). The response itself is closed,
-# which is what these tests check.
-ABANDONED_HTTPX_GENERATORS = pytest.mark.filterwarnings(
-    "ignore:Async generator 'httpx.:ResourceWarning"
-)
 
 
 class Body(httpx.AsyncByteStream):

@@ -325,6 +325,28 @@ async def test_extra_body_is_merged_last() -> None:
     assert body["stream"] is True
 
 
+async def test_extra_body_replaces_a_field_with_no_duplicate_key() -> None:
+    request = Request(messages=[UserMessage("hi")], extra_body={"max_tokens": 7, "system": None})
+    sent = await request_sent(provider_for, HELLO, request)
+    pairs = json.loads(sent.content, object_pairs_hook=list)
+    keys = [key for key, _ in pairs]
+    assert sorted(keys) == sorted(set(keys))  # each key once
+    assert dict(pairs)["max_tokens"] == 7
+    assert dict(pairs)["system"] is None  # an explicit null is sent as asked
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ({1: "x"}, "extra_body keys must be strings, got 1"),
+        ({"metadata": {"when": object()}}, "extra_body does not encode as JSON"),
+    ],
+)
+def test_extra_body_that_cannot_go_on_the_wire(extra: dict[Any, Any], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        provider_for(None).stream(Request(messages=[UserMessage("hi")], extra_body=extra))
+
+
 async def test_unsigned_thinking_and_empty_replies_are_not_sent_back() -> None:
     request = Request(
         messages=[
@@ -539,6 +561,21 @@ async def test_one_batch_per_network_read_and_chunk_mapping() -> None:
     ]
     assert body.closed
     assert body.sent == len(pieces)
+
+
+async def test_tool_input_sent_whole_in_the_block_start_is_kept() -> None:
+    # The API opens a tool_use block with an empty input and streams it in deltas; some
+    # compatible servers send the whole input in the start and no delta.
+    given = {"city": "Paris", "days": [1, 2]}
+    tool = block_start(0, {"type": "tool_use", "id": "toolu_1", "name": "f", "input": given})
+    server, _ = streaming(
+        events(message_start(5), tool, block_stop(0), message_delta("tool_use"), STOP)
+    )
+    async with client_for(server) as client:
+        chunks = flat(await collect(provider_for(client)))
+    (call,) = [chunk for chunk in chunks if isinstance(chunk, ToolCallDelta)]
+    assert (call.index, call.id, call.name) == (0, "toolu_1", "f")
+    assert json.loads(call.arguments) == given
 
 
 @pytest.mark.parametrize(

@@ -777,3 +777,56 @@ async def test_hook_points_must_be_async() -> None:
 async def test_bad_hook_timeout(value: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         trurn.Agent(FakeProvider([]), hook_timeout=value)  # type: ignore[arg-type]
+
+
+# -- before_tool: rewritten arguments the history could not hold ------------------------
+
+SCALED: list[float] = []
+
+
+@trurn.tool
+async def scale(x: float) -> str:
+    """Scale a number."""
+    SCALED.append(x)
+    return f"scaled {x}"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"x": math.nan}, "hold nan, which JSON cannot store"),
+        ({"x": [1.0, {"y": -math.inf}]}, "hold -inf, which JSON cannot store"),
+        ({"x": object()}, "a ToolCall whose arguments JSON can hold (Encoding objects of type"),
+        (["x", 2.0], "a ToolCall whose arguments are a dict with str keys"),
+        ({1: 2.0}, "a ToolCall whose arguments are a dict with str keys"),
+    ],
+)
+async def test_before_tool_arguments_the_history_cannot_hold_are_refused(
+    tmp_path: Path, watchdog: None, arguments: Any, expected: str
+) -> None:
+    # On a session file such a rewrite used to let the tool run, then the history refused
+    # its result and the turn died saying the call had not run.
+    class Unstorable(Hooks):
+        async def before_tool(self, call: ToolCall) -> ToolCall:
+            return ToolCall(id=call.id, name=call.name, arguments=arguments)
+
+    SCALED.clear()
+    provider = FakeProvider([tool_reply(("c1", "scale", '{"x": 1}')), text_reply("ok")])
+    agent = trurn.Agent(provider, tools=[scale], hooks=[Unstorable()])
+    seen: list[events.Event] = []
+    async with trurn.Context(tmp_path / "s.jsonl") as context:
+        result = await agent.run_turn(context, "go", on_event=seen.append)
+
+    assert result.stop_reason == "completed"
+    assert SCALED == [1.0]  # the model's arguments ran
+    errors = of_type(seen, events.Error)
+    assert len(errors) == 1
+    assert errors[0].message.startswith("hook Unstorable.before_tool returned ")
+    assert expected in errors[0].message
+    assert errors[0].tool_call_id == "c1"
+    tool_result = context.messages[2]
+    assert isinstance(tool_result, ToolMessage)
+    assert (tool_result.status, tool_result.content) == ("ok", "scaled 1.0")
+    assert tool_result.arguments is None  # no rewrite recorded
+    async with trurn.Context(tmp_path / "s.jsonl") as restored:
+        assert list(restored.messages) == list(context.messages)

@@ -8,6 +8,7 @@ import email.utils
 import json
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -540,6 +541,37 @@ def test_parse_retry_after_http_date_is_exact_relative_to_now() -> None:
     assert parse_retry_after(httpx.Headers({"retry-after-ms": "nan"})) is None
 
 
+# 2015-10-21 07:28:00 GMT, and the same moment plus 30 s in each of RFC 9110's date forms.
+OCT_21 = 1445412480.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # IMF-fixdate
+        ("Wednesday, 21-Oct-15 07:28:30 GMT", 30.0),  # RFC 850
+        ("Wed Oct 21 07:28:30 2015", 30.0),  # asctime: no zone, GMT by definition
+        ("Wed, 21 Oct 2015 07:28:30 -0000", 30.0),
+        (" 7 ", 7.0),
+        ("1_0", None),  # float() reads it as 10; the header's syntax is digits
+        ("1e3", None),
+        ("+5", None),
+        ("infinity", None),
+        ("9" * 400, None),
+    ],
+)
+def test_parse_retry_after_takes_only_what_rfc_9110_allows(
+    value: str, seconds: float | None
+) -> None:
+    assert parse_retry_after(httpx.Headers({"retry-after": value}), now=OCT_21) == seconds
+
+
+def test_parse_retry_after_ms_is_digits_too() -> None:
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "1_500"})) is None
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "1_500", "retry-after": "9"})) == 9
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "1500.5"})) == 1.5005
+
+
 def test_excerpt_is_short_and_single_line() -> None:
     text = excerpt(b"line one\n\n   line two " + b"x" * 1000)
     assert text.startswith("line one line two xx")
@@ -557,6 +589,39 @@ def test_excerpt_masks_secrets_before_cutting() -> None:
     )
 
 
+# An Azure SAS signature: base64, so "+", "/" and "=" go on the wire percent-encoded.
+SIG = "ab+cd/ef=="
+
+
+@pytest.mark.parametrize(
+    ("base_url", "query"),
+    [
+        ("https://x.test/openai/deployments/d", {"sig": SIG, "api-version": "1"}),
+        ("https://x.test/openai/deployments/d?sig=ab%2Bcd%2Fef%3D%3D", None),
+    ],
+    ids=["query", "in-base-url"],
+)
+async def test_a_query_secret_echoed_in_any_encoding_is_masked(
+    base_url: str, query: dict[str, str] | None
+) -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        message = (
+            f"bad url {request.url} (sig {request.url.params['sig']}, "
+            f"or {quote_plus(SIG)} / {quote(SIG)})"
+        )
+        return httpx.Response(401, json={"error": {"message": message}})
+
+    async with client_for(echo) as client:
+        provider = OpenAIChat("m", base_url=base_url, client=client, query=query)
+        with pytest.raises(AuthenticationError) as caught:
+            await collect(provider)
+    text = str(caught.value)
+    assert "chat/completions?sig=[redacted]" in text
+    assert "(sig [redacted], or [redacted] / " in text
+    for piece in ("ab+cd", "ab%2Bcd", "cd/ef", "cd%2Fef", "ef=="):
+        assert piece not in text
+
+
 def test_http_call_repr_shows_no_secret() -> None:
     provider = provider_for(None, api_key=API_KEY, headers={"api-key": "H-SEC"})
     stream = provider.stream(REQUEST)
@@ -566,7 +631,8 @@ def test_http_call_repr_shows_no_secret() -> None:
     text = repr(call)
     assert API_KEY not in text
     assert "H-SEC" not in text
-    assert text == f"HTTPCall(POST {URL}, 2 secrets masked)"
+    # The key, its Authorization header's value and the api-key header's value.
+    assert text == f"HTTPCall(POST {URL}, 3 secrets masked)"
 
 
 async def test_200_without_content_type_is_read_as_a_stream() -> None:

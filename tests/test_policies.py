@@ -24,7 +24,9 @@ from trurn._policies import (
     TurnGuard,
     Verdict,
     call_key,
+    check_iteration_policy,
     check_max_turn_tokens,
+    continue_answer,
     limit_hook,
     limit_text,
     loop_note,
@@ -402,6 +404,51 @@ def test_limit_text_accepts_str_or_none_and_names_anything_else() -> None:
     assert limit_text("done") == "done"
     with pytest.raises(TypeError, match="on_limit_reached must return a str or None, got int"):
         limit_text(3)
+
+
+def test_continue_answer_accepts_a_bool_and_names_the_policy_otherwise() -> None:
+    policy = OnlyContinue()
+    assert continue_answer(policy, True) is True
+    assert continue_answer(policy, False) is False
+    for value, kind in [(None, "NoneType"), ("no", "str"), (0, "int")]:
+        with pytest.raises(
+            TypeError,
+            match=f"iteration policy OnlyContinue: should_continue must return a bool, got {kind}",
+        ):
+            continue_answer(policy, value)
+
+
+def test_check_iteration_policy_wants_async_methods() -> None:
+    class SyncContinue:
+        def should_continue(self, iteration: int, tool_calls: Sequence[ToolCall]) -> bool:
+            return True
+
+    class SyncLimit(OnlyContinue):
+        def on_limit_reached(
+            self, iteration: int, tool_calls: Sequence[ToolCall], stop_reason: str
+        ) -> str | None:
+            return None
+
+    class NoMethod:
+        pass
+
+    assert check_iteration_policy(None) is None
+    policy, with_limit = OnlyContinue(), WithLimit()
+    assert check_iteration_policy(policy) is policy
+    assert check_iteration_policy(with_limit) is with_limit
+    with pytest.raises(
+        TypeError, match=r"SyncContinue: should_continue\(iteration, tool_calls\) must be an 'async"
+    ):
+        check_iteration_policy(SyncContinue())
+    with pytest.raises(TypeError, match="NoMethod: should_continue"):
+        check_iteration_policy(NoMethod())
+    with pytest.raises(TypeError, match="SyncLimit: on_limit_reached must be an 'async def'"):
+        check_iteration_policy(SyncLimit())
+    with pytest.raises(TypeError, match="the class OnlyContinue: pass an instance of it"):
+        check_iteration_policy(OnlyContinue)
+    # The Agent checks it when it is built, before any turn.
+    with pytest.raises(TypeError, match="SyncContinue: should_continue"):
+        trurn.Agent(FakeProvider([]), iteration_policy=SyncContinue())  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------

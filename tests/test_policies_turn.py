@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from fakes import FakeProvider, text_reply, tool_reply
 
 import trurn
@@ -172,3 +173,32 @@ async def test_a_loop_in_parallel_calls_of_one_reply() -> None:
     assert result.stop_reason == "loop_detected"
     assert runs == []
     assert [r.status for r in results(context)] == ["error"] * 3
+
+
+class Forgetful:
+    """Forgets to return True: ``None`` must not pass for "stop" (nor "no" for "go on")."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    async def should_continue(self, iteration: int, tool_calls: Sequence[ToolCall]) -> bool:
+        return self.answer  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("answer", "kind"), [(None, "NoneType"), ("no", "str")])
+async def test_a_policy_answer_that_is_not_a_bool_fails_the_turn_naming_the_policy(
+    answer: object, kind: str
+) -> None:
+    provider = FakeProvider([text_reply("hello")])
+    agent = trurn.Agent(provider, iteration_policy=Forgetful(answer))
+    context = trurn.Context()
+    seen: list[events.Event] = []
+    with pytest.raises(
+        TypeError,
+        match=f"iteration policy Forgetful: should_continue must return a bool, got {kind}",
+    ):
+        await agent.run_turn(context, "hi", on_event=seen.append)
+    assert provider.requests == []  # no model call on an answer nobody can read
+    finished = seen[-1]
+    assert isinstance(finished, events.TurnFinished)
+    assert finished.stop_reason == "error"

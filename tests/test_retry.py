@@ -175,3 +175,11 @@ async def test_http_429_with_retry_after_over_real_http(
 def test_a_huge_number_of_attempts_does_not_overflow() -> None:
     policy = trurn.RetryPolicy(attempts=10_000, max_delay=30, jitter=0)
     assert retry_delay(policy, 5_000, trurn.ServerError("x")) == 30
+
+
+@pytest.mark.parametrize("multiplier", [1.5, 1e5, 1e300])
+def test_a_huge_multiplier_stops_growing_at_the_maximum(multiplier: float) -> None:
+    policy = trurn.RetryPolicy(attempts=100, multiplier=multiplier, max_delay=30, jitter=0)
+    delays = [retry_delay(policy, n, trurn.ServerError("x")) for n in (2, 10, 70, 99)]
+    assert delays[1:] == [30, 30, 30]
+    assert delays[0] == min(30, multiplier)

@@ -24,7 +24,13 @@ from ._errors import ProviderError
 from ._hooks import Hooks, check_hooks
 from ._inbox import DEFAULT_MAX_PENDING, Inbox
 from ._lineage import DEFAULT_MAX_DEPTH
-from ._policies import DEFAULT_LOOP_DETECTION, IterationPolicy, LoopDetection, check_max_turn_tokens
+from ._policies import (
+    DEFAULT_LOOP_DETECTION,
+    IterationPolicy,
+    LoopDetection,
+    check_iteration_policy,
+    check_max_turn_tokens,
+)
 from ._replay import PersistEvents, persisted_event_types, subscribe_since
 from ._retry import NO_RETRY, RetryPolicy
 from ._tools import BaseTool, tool_map
@@ -155,7 +161,7 @@ class Agent:
         self.seed = seed
         self.parallel_tool_calls = parallel_tool_calls
         self.extra_body = extra_body
-        self.iteration_policy = iteration_policy
+        self.iteration_policy = check_iteration_policy(iteration_policy)
         self.max_concurrent_tools = max_concurrent_tools
         self.retry = retry or NO_RETRY
         self.compactor = None if compaction is None else compaction.bound_to(provider)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import secrets
+import sys
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Literal
 
@@ -32,6 +33,9 @@ import trio
 from . import events
 from ._errors import InvalidChoiceError, RequestAnsweredError, ToolError, UnknownRequestError
 from ._messages import ToolCall
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "ApprovalDecision",
@@ -300,6 +304,12 @@ class Approvals:
                     nursery.start_soon(self._ask_callback, pending, callback)
                 await pending.done.wait()
                 nursery.cancel_scope.cancel()  # the other answerer lost: stop the callback
+        except BaseExceptionGroup as group:
+            # What escapes is a KeyboardInterrupt (or the like) from the callback or from
+            # publishing: it goes on alone, as if this wait had no nursery.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
             self._forget(pending)
         return pending

@@ -28,6 +28,7 @@ import trio
 from . import events
 from ._approvals import Emit
 from ._messages import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, UserMessage
+from ._records import check_message
 from ._tools import exception_text
 
 if TYPE_CHECKING:
@@ -60,7 +61,9 @@ class Hooks:
         """Before a tool call runs (and before its approval is asked). Return a call
         with other arguments to run those instead (the ``tool_call`` event and the
         result's ``arguments`` record what ran; the id and tool name stay the model's),
-        a :class:`Block` to skip it, or ``None`` to run it as the model asked."""
+        a :class:`Block` to skip it, or ``None`` to run it as the model asked.
+        Arguments the history could not hold (not a dict with str keys, a value JSON
+        cannot encode, a NaN or an infinity) count as a failure of the hook."""
         return None
 
     async def after_tool(self, call: ToolCall, result: ToolMessage) -> None:
@@ -185,9 +188,23 @@ def _messages_or_none(value: object) -> list[Message] | None:
 
 
 def _call_or_block(value: object) -> ToolCall | Block | None:
-    if value is None or isinstance(value, (ToolCall, Block)):
+    if value is None or isinstance(value, Block):
         return value
-    raise TypeError("a ToolCall, a Block or None")
+    if not isinstance(value, ToolCall):
+        raise TypeError("a ToolCall, a Block or None")
+    # The arguments go into the call's result in the history: refused here, the model's
+    # run instead, rather than the tool running and the history refusing its result.
+    arguments = value.arguments
+    if not isinstance(arguments, dict) or not all(isinstance(key, str) for key in arguments):
+        raise TypeError("a ToolCall whose arguments are a dict with str keys")
+    try:
+        msgspec.json.encode(arguments)
+        check_message(
+            ToolMessage(tool_call_id=value.id, name=value.name, content="", arguments=arguments)
+        )
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        raise TypeError(f"a ToolCall whose arguments JSON can hold ({exc})") from None
+    return value
 
 
 def _text_or_none(value: object) -> str | None:

@@ -19,6 +19,7 @@ has its own ``stop_reason`` instead of a text that reads like the model's answer
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol, cast
@@ -40,7 +41,9 @@ __all__ = [
     "TurnGuard",
     "Verdict",
     "call_key",
+    "check_iteration_policy",
     "check_max_turn_tokens",
+    "continue_answer",
     "limit_hook",
     "limit_text",
     "loop_note",
@@ -103,6 +106,37 @@ def limit_text(value: object) -> str | None:
     raise TypeError(
         f"IterationPolicy.on_limit_reached must return a str or None, got {type(value).__name__}"
     )
+
+
+def continue_answer(policy: IterationPolicy, value: object) -> bool:
+    """Check what ``policy.should_continue`` returned: a bool (a policy that forgot to
+    return would otherwise end every turn before its first model call)."""
+    if isinstance(value, bool):
+        return value
+    raise TypeError(
+        f"iteration policy {type(policy).__name__}: should_continue must return a bool, "
+        f"got {type(value).__name__}"
+    )
+
+
+def check_iteration_policy(policy: object) -> IterationPolicy | None:
+    """Check an ``iteration_policy`` before any turn: ``None``, or an object whose
+    ``should_continue`` (and ``on_limit_reached``, if it has a callable one) is an
+    ``async def``. Raises ``TypeError`` naming the policy and the method otherwise."""
+    if policy is None:
+        return None
+    if isinstance(policy, type):
+        raise TypeError(f"iteration_policy is the class {policy.__name__}: pass an instance of it")
+    name = type(policy).__name__
+    if not inspect.iscoroutinefunction(getattr(policy, "should_continue", None)):
+        raise TypeError(
+            f"iteration policy {name}: should_continue(iteration, tool_calls) must be an "
+            "'async def' method"
+        )
+    hook = limit_hook(cast("IterationPolicy", policy))
+    if hook is not None and not inspect.iscoroutinefunction(hook):
+        raise TypeError(f"iteration policy {name}: on_limit_reached must be an 'async def' method")
+    return cast("IterationPolicy", policy)
 
 
 # ---------------------------------------------------------------------------

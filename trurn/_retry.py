@@ -64,10 +64,15 @@ def retry_delay(
         return None
     if error.retry_after is not None:
         return error.retry_after if error.retry_after <= policy.max_retry_after else None
-    # The exponent is capped: past ~60 doublings every wait is max_delay anyway, and an
-    # uncapped power overflows a float for a huge ``attempts``.
-    growth = policy.multiplier ** min(attempt - 1, 64)
-    delay = min(policy.max_delay, policy.initial_delay * growth)
+    # Grown one step at a time, and only until it reaches max_delay: a power of a huge
+    # multiplier overflows a float long before ``attempts`` runs out.
+    delay = policy.initial_delay
+    if policy.multiplier > 1:
+        for _ in range(attempt - 1):
+            if not 0 < delay < policy.max_delay:
+                break
+            delay *= policy.multiplier
+    delay = min(policy.max_delay, delay)
     if policy.jitter:
         delay *= uniform(1 - policy.jitter, 1 + policy.jitter)
     return delay

@@ -48,6 +48,7 @@ from ._policies import (
     LIMIT_STOP_REASONS,
     IterationPolicy,
     TurnGuard,
+    continue_answer,
     limit_hook,
     limit_text,
     with_note,
@@ -257,8 +258,10 @@ class _Turn:
         if budget.stop_reason is not None:
             return budget.stop_reason
         policy = self.agent.iteration_policy
-        if policy is not None and not await policy.should_continue(iteration, self.tool_calls):
-            return "policy"
+        if policy is not None:
+            answer = await policy.should_continue(iteration, self.tool_calls)
+            if not continue_answer(policy, answer):
+                return "policy"
         # Taken only once the turn goes on (else they wait for the next turn), and all
         # added to the history before any is announced, so a cancel loses none.
         texts = self.steering.take_steering() if self.steering is not None else []
@@ -523,11 +526,18 @@ async def _run_tools(
     note: str | None = None,
 ) -> None:
     """Run one reply's tool calls concurrently (at most ``agent.max_concurrent_tools``
-    at once) and append their results in call order, the finished ones even when the
-    batch is cancelled. ``before_tool`` hooks may change a call's arguments (its result
-    then records them) or block it; ``after_tool`` hooks see every result. ``note`` (a
-    loop warning) is appended to the last result, which the model reads last."""
+    at once) and append their results in call order. ``before_tool`` hooks may change a
+    call's arguments (its result then records them) or block it; ``after_tool`` hooks
+    see every result. ``note`` (a loop warning) is appended to the last result, which
+    the model reads last.
+
+    When the batch is cancelled (or fails), every call still gets its result in its
+    place: the finished ones keep theirs, the others a ``"cancelled"`` one; each result
+    whose ``tool_exit`` did not get out is announced then (with :meth:`_Emitter.final`).
+    A ``KeyboardInterrupt`` (or any one exception other than ``Cancelled``) comes out
+    alone, not in an exception group."""
     results: list[ToolMessage | None] = [None] * len(calls)
+    announced = [False] * len(calls)  # whose tool_exit was published
     limiter = trio.CapacityLimiter(agent.max_concurrent_tools)
 
     async def run_one(position: int, asked: ToolCall) -> None:
@@ -543,6 +553,7 @@ async def _run_tools(
                 results[position] = result
                 # Announced like any refused call: tool_call, then its tool_exit.
                 await emit([events.ToolCallStarted(call=asked), events.ToolExit.of(result)])
+                announced[position] = True
                 await hooks.after_tool(asked, result)
                 return
 
@@ -559,6 +570,7 @@ async def _run_tools(
                 approvals=agent._approvals,
                 tool_timeout=agent.tool_timeout,
             )
+            announced[position] = True
             recorded = results[position]  # what the history holds (with a rewrite's arguments)
             assert recorded is not None
             await hooks.after_tool(call, recorded)
@@ -569,15 +581,31 @@ async def _run_tools(
                 nursery.start_soon(run_one, position, call)
     except BaseExceptionGroup as group:
         # Tools report their own errors as results, so what comes out of the nursery is
-        # cancellation or something fatal (KeyboardInterrupt): raise that one exception
-        # rather than a group around it.
+        # cancellation or something fatal (KeyboardInterrupt), possibly in groups nested
+        # by a tool's or an approval's own nursery: raise that one exception alone. With
+        # the Cancelled split off, one exception left means a chain of one-member groups.
         _, fatal = group.split(trio.Cancelled)
-        if fatal is not None and len(fatal.exceptions) == 1:
-            raise fatal.exceptions[0] from None
+        while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
+            fatal = fatal.exceptions[0]
+        if fatal is not None and not isinstance(fatal, BaseExceptionGroup):
+            raise fatal from None
         raise
     finally:
-        finished = [result for result in results if result is not None]
-        context.extend(with_note(finished, note) if note else finished, seq=emit.last_seq)
+        ordered = [
+            result
+            if result is not None
+            else ToolMessage(
+                tool_call_id=call.id,
+                name=call.name,
+                content="Cancelled: the turn stopped before this call finished.",
+                status="cancelled",
+            )
+            for result, call in zip(results, calls, strict=True)
+        ]
+        context.extend(with_note(ordered, note) if note else ordered, seq=emit.last_seq)
+        unannounced = [r for r, done in zip(ordered, announced, strict=True) if not done]
+        if unannounced:  # a cancel came first: closing events never wait for anyone
+            await emit.final([events.ToolExit.of(result) for result in unannounced])
 
 
 async def _report_progress(on_progress: OnProgress, reply: AssistantMessage) -> None:

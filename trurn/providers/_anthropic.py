@@ -17,7 +17,7 @@ verbatim.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import httpx
 import msgspec
@@ -40,8 +40,8 @@ from .._messages import (
     Usage,
     UserMessage,
 )
-from ._base import Request, ToolSpec, check_tool_choice
-from ._http import WireError, collect_secrets, parse_base_url
+from ._base import Request, ToolSpec, check_tool_choice, encode_body
+from ._http import WireError, parse_base_url
 from ._streaming import HTTPCall, HTTPProvider, SSEResponseStream
 
 __all__ = ["THINKING_BUDGETS", "AnthropicMessages", "encode_request", "stop_reason"]
@@ -53,7 +53,7 @@ THINKING_BUDGETS: Mapping[str, int] = {"minimal": 1024, "low": 1024, "medium": 4
 ``"none"`` turns thinking off, as leaving ``reasoning_effort`` out does."""
 
 # Keys of the request body that ``extra_body`` may not replace: they are what the call is.
-_RESERVED_KEYS = frozenset({"model", "messages", "stream"})
+_RESERVED_KEYS = ("model", "messages", "stream")
 
 # Anthropic's stop reasons in trurn's vocabulary (the OpenAI names the turn loop knows).
 # ``pause_turn`` (a long server-tool turn the client should continue by sending the
@@ -142,9 +142,10 @@ class _WireThinking(msgspec.Struct):
     budget_tokens: int
 
 
-class _WireRequest(msgspec.Struct, omit_defaults=True):
+class _WireRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     model: str
-    max_tokens: int
+    # Always set; None only when extra_body replaces it (see encode_body).
+    max_tokens: int | None = None
     messages: list[_WireMessage]
     stream: bool
     system: str | None = None
@@ -279,10 +280,12 @@ def encode_request(request: Request, *, model: str, max_tokens: int) -> bytes:
     go with tools only. ``seed`` has no Anthropic counterpart and is not sent. With
     thinking on, the API refuses a ``temperature`` other than 1 and a forced tool
     choice; trurn sends what it is given, and the API's 400 says what is wrong.
-    ``extra_body`` is merged last. Raises ``ValueError`` for an unknown
+    ``extra_body`` is merged last, replacing the fields it names (see
+    :func:`~trurn.providers._base.encode_body`). Raises ``ValueError`` for an unknown
     ``reasoning_effort`` or ``tool_choice``, a ``max_tokens`` below 1, a user message
     with no text but white space (and nothing merged with it), or an ``extra_body`` that
-    would replace ``model``, ``messages`` or ``stream``.
+    would replace ``model``, ``messages`` or ``stream``, has a key that is not a string
+    or a value that does not encode as JSON.
     """
     if request.max_tokens is not None and request.max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {request.max_tokens}")
@@ -304,17 +307,7 @@ def encode_request(request: Request, *, model: str, max_tokens: int) -> bytes:
         stop_sequences=list(request.stop) if request.stop is not None else None,
         thinking=_WireThinking("enabled", budget) if budget is not None else None,
     )
-    if not request.extra_body:
-        return _encoder.encode(body)
-    for key in request.extra_body:
-        if key in _RESERVED_KEYS:
-            raise ValueError(
-                f"extra_body may not set {key!r}: trurn sets 'model', 'messages' and "
-                "'stream' itself (use Request.model to pick another model)"
-            )
-    merged = cast("dict[str, Any]", msgspec.to_builtins(body))
-    merged.update(request.extra_body)
-    return _encoder.encode(merged)
+    return encode_body(body, request.extra_body, reserved=_RESERVED_KEYS)
 
 
 # --- response wire format --------------------------------------------------------------
@@ -509,7 +502,13 @@ class _MessagesStream(SSEResponseStream):
             call_id, name = block.get("id"), block.get("name")
             if not isinstance(call_id, str) or not isinstance(name, str):
                 return self._malformed("a tool_use block without a string id and name")
-            chunks.append(ToolCallDelta(index=event.index, id=call_id, name=name))
+            # The API opens the input empty and streams it in deltas; a server that sends
+            # it whole in the start instead (some compatible ones do) sends no deltas.
+            given = block.get("input")
+            arguments = _encoder.encode(given).decode() if isinstance(given, dict) and given else ""
+            chunks.append(
+                ToolCallDelta(index=event.index, id=call_id, name=name, arguments=arguments)
+            )
         elif kind == "thinking":
             self._block_kind = _THINKING
             text = block.get("thinking")
@@ -612,7 +611,7 @@ class AnthropicMessages(HTTPProvider):
             base.copy_with(path=path + "/messages"),
             headers=own_headers,
             extra_headers=headers,
-            secrets=collect_secrets(api_key, headers),
+            api_key=api_key,
             client=client,
         )
         self._max_tokens = max_tokens

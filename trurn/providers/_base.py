@@ -15,7 +15,9 @@ import msgspec
 from .._chunks import Chunk
 from .._messages import Message
 
-__all__ = ["Provider", "Request", "ToolSpec", "check_tool_choice"]
+__all__ = ["Provider", "Request", "ToolSpec", "check_tool_choice", "encode_body"]
+
+_encoder = msgspec.json.Encoder()
 
 
 class ToolSpec(msgspec.Struct, frozen=True):
@@ -66,6 +68,46 @@ def check_tool_choice(request: Request) -> str | None:
             f"of the request's tools ({', '.join(map(repr, names))})"
         )
     return choice
+
+
+def encode_body(
+    body: msgspec.Struct, extra: Mapping[str, Any] | None, *, reserved: Sequence[str]
+) -> bytes:
+    """``body`` as JSON, with ``extra`` (a request's ``extra_body``) merged in last.
+
+    The merge is done on the encoded JSON, so the history (the bulk of the body) is encoded
+    once, straight from the wire Structs, and never copied into a dict. A field of
+    ``body`` that ``extra`` names is left out, so ``extra``'s value (``null`` included) is
+    the only one on the wire: every field of ``body`` but the ``reserved`` ones must
+    default to ``None``, and ``body`` must omit defaults. Raises ``ValueError`` for a key
+    that is not a string or is ``reserved`` (what the call is: model, messages, stream...),
+    and for a value msgspec cannot encode as JSON.
+    """
+    if not extra:
+        return _encoder.encode(body)
+    replaced: dict[str, None] = {}
+    fields = body.__struct_fields__
+    for key in extra:
+        if not isinstance(key, str):
+            raise ValueError(f"extra_body keys must be strings, got {key!r}")
+        if key in reserved:
+            raise ValueError(
+                f"extra_body may not set {key!r}: trurn sets it itself ({', '.join(reserved)}) "
+                "(use Request.model to change the model)"
+            )
+        if key in fields:
+            replaced[key] = None
+    try:
+        tail = _encoder.encode(extra if isinstance(extra, dict) else dict(extra))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValueError(f"extra_body does not encode as JSON: {exc}") from exc
+    if replaced:
+        body = msgspec.structs.replace(body, **replaced)
+    head = _encoder.encode(body)
+    # head is a non-empty object (the reserved fields are always there): b'{...}'.
+    if tail == b"{}":
+        return head
+    return head[:-1] + b"," + tail[1:]
 
 
 @runtime_checkable

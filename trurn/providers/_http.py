@@ -12,7 +12,9 @@ import email.utils
 import math
 import re
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
+from datetime import timezone
 from typing import Any
 
 import httpx
@@ -73,6 +75,11 @@ _KIND_BY_CODE: dict[str, type[ProviderError]] = {
 _EXCERPT_CHARS = 200
 # Header and query parameter names whose values are masked in errors ("sig": Azure SAS).
 _SECRET_HINTS = ("auth", "key", "token", "secret", "cookie", "sig", "password")
+# The last word of a secret header's value ("Bearer <token>") is masked on its own when it
+# is at least this long: long enough for a credential, too long for a scheme name or a word.
+_MIN_CREDENTIAL = 8
+# Retry-After's delay-seconds is digits only (RFC 9110); a fraction is tolerated.
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _SPACES = re.compile(r"\s+")
 
@@ -139,9 +146,10 @@ def parse_base_url(base_url: str, owner: str) -> httpx.URL:
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
     """The server's retry hint in seconds, or ``None`` when it gave none (or nonsense).
 
-    Reads ``retry-after-ms`` (OpenAI) first, then ``Retry-After`` as seconds or as an HTTP
-    date; a date is taken relative to ``now`` (default: the wall clock), and a date in the
-    past means "now" (0.0).
+    Reads ``retry-after-ms`` (OpenAI) first, then ``Retry-After`` as seconds (digits, with
+    an optional fraction) or as an HTTP date in any of RFC 9110's three forms; a date is
+    taken relative to ``now`` (default: the wall clock), and a date in the past means
+    "now" (0.0).
     """
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -158,17 +166,19 @@ def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> fl
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; an obsolete form may lack the zone
-        return None
+    if when.tzinfo is None:
+        # HTTP dates are GMT (RFC 9110), so a zone-less asctime date or "-0000" is too.
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _non_negative(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
+    # Not float() alone, which also reads "1_0", "1e3", "inf" and "-3".
+    value = value.strip()
+    if not _SECONDS.fullmatch(value):
         return None
-    return number if math.isfinite(number) and number >= 0 else None
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def is_context_overflow(message: str, code: str | int | None = None) -> bool:
@@ -187,19 +197,44 @@ def mask(message: str, secrets: Iterable[str]) -> str:
     return message
 
 
-def collect_secrets(api_key: str | None, *named: Mapping[str, str] | None) -> tuple[str, ...]:
-    """What :func:`mask` hides in a provider's errors: ``api_key``, and the values in
-    ``named`` (headers, query parameters) whose names hint at a secret (``auth``, ``key``,
-    ``token``, ``secret``, ``cookie``, ``sig``, ``password``)."""
+def collect_secrets(
+    api_key: str | None, headers: Mapping[str, str] | None, url: httpx.URL | None = None
+) -> tuple[str, ...]:
+    """What :func:`mask` hides in a provider's errors, longest first.
+
+    ``api_key``; the values of ``headers`` and of ``url``'s query parameters whose names
+    hint at a secret (``auth``, ``key``, ``token``, ``secret``, ``cookie``, ``sig``,
+    ``password``); the credential after an auth scheme (the last word of such a header's
+    value, ``"Bearer <token>"``, when it is long enough to be one), since a server may echo
+    it alone; and each query value as it went on the wire (percent-encoded) and in the
+    other encodings a server may echo it in.
+    """
     secrets = [api_key] if api_key else []
-    for pairs in named:
-        if pairs:
-            secrets.extend(
-                value
-                for name, value in pairs.items()
-                if value and any(hint in name.lower() for hint in _SECRET_HINTS)
-            )
-    return tuple(secrets)
+    for name, value in (headers or {}).items():
+        if value and _hints_at_secret(name):
+            secrets.append(value)
+            words = value.split()
+            if words and len(words[-1]) >= _MIN_CREDENTIAL:
+                secrets.append(words[-1])
+    if url is not None:
+        for pair in url.query.decode("ascii").split("&"):
+            raw_name, _, raw = pair.partition("=")
+            if not raw or not _hints_at_secret(urllib.parse.unquote_plus(raw_name)):
+                continue
+            value = urllib.parse.unquote_plus(raw)
+            secrets += (raw, value)
+            for safe in ("", "/"):  # "/" is what urllib and many servers leave as it is
+                secrets += (
+                    urllib.parse.quote(value, safe=safe),
+                    urllib.parse.quote_plus(value, safe=safe),
+                )
+    # Longest first: masking a secret that holds a shorter one must not leave pieces of it.
+    return tuple(sorted(dict.fromkeys(secrets), key=len, reverse=True))
+
+
+def _hints_at_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(hint in lowered for hint in _SECRET_HINTS)
 
 
 def _parse_error_body(body: bytes) -> tuple[str | None, str | int | None, str | None]:

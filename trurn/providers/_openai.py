@@ -29,8 +29,8 @@ from .._messages import (
     Usage,
     UserMessage,
 )
-from ._base import Request, ToolSpec, check_tool_choice
-from ._http import WireError, collect_secrets, parse_base_url
+from ._base import Request, ToolSpec, check_tool_choice, encode_body
+from ._http import WireError, parse_base_url
 from ._streaming import HTTPCall, HTTPProvider, SSEResponseStream
 
 __all__ = ["OpenAIChat"]
@@ -116,10 +116,7 @@ class _WireRequest(msgspec.Struct, omit_defaults=True):
 _encoder = msgspec.json.Encoder()
 _STREAM_OPTIONS = _WireStreamOptions(include_usage=True)
 # The fields that make the call a streaming chat call; ``extra_body`` may not replace them.
-_RESERVED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
-# The option fields ``extra_body`` may replace: they are left out of the encoded Struct
-# (set to their ``None`` default) so the spliced-in value is the only one on the wire.
-_OPTION_FIELDS = frozenset(_WireRequest.__struct_fields__) - _RESERVED_FIELDS
+_RESERVED_FIELDS = ("model", "messages", "stream", "stream_options")
 _TOOL_CHOICE_MODES = frozenset({"auto", "none", "required"})
 
 
@@ -182,9 +179,8 @@ def encode_request(
     (an empty one is left out). Reasoning and thinking blocks of earlier replies are
     not sent back: the Chat Completions API has no field for them.
 
-    ``request.extra_body`` is merged in last, at the JSON level: the Struct is encoded
-    without the options ``extra_body`` replaces, ``extra_body`` is encoded on its own,
-    and the two objects are spliced into one (no dict is built from the Struct). Raises
+    ``request.extra_body`` is merged in last, replacing the options it names (see
+    :func:`~trurn.providers._base.encode_body`). Raises
     :class:`ValueError` for an ``extra_body`` key that would replace ``model``,
     ``messages``, ``stream`` or ``stream_options``, a key that is not a string, a value
     that does not encode as JSON, or a ``tool_choice`` naming a tool the request lacks.
@@ -207,10 +203,7 @@ def encode_request(
         body.max_completion_tokens = request.max_tokens
     else:
         body.max_tokens = request.max_tokens
-    extra = request.extra_body
-    if not extra:
-        return _encoder.encode(body)
-    return _merge_extra_body(body, extra)
+    return encode_body(body, request.extra_body, reserved=_RESERVED_FIELDS)
 
 
 def _tool_choice(request: Request) -> str | _WireNamedToolChoice | None:
@@ -218,33 +211,6 @@ def _tool_choice(request: Request) -> str | _WireNamedToolChoice | None:
     if choice is None or choice in _TOOL_CHOICE_MODES:
         return choice
     return _WireNamedToolChoice(type="function", function=_WireFunctionName(name=choice))
-
-
-def _merge_extra_body(body: _WireRequest, extra: Mapping[str, Any]) -> bytes:
-    # Splicing two encoded objects keeps the history (the bulk of the body) out of any
-    # dict: it is encoded once, straight from the Structs, as without extra_body.
-    replaced: dict[str, None] = {}
-    for key in extra:
-        if not isinstance(key, str):
-            raise ValueError(f"extra_body keys must be strings, got {key!r}")
-        if key in _RESERVED_FIELDS:
-            raise ValueError(
-                f"extra_body may not set {key!r}: trurn sets model, messages, stream and "
-                "stream_options itself (use Request.model to change the model)"
-            )
-        if key in _OPTION_FIELDS:
-            replaced[key] = None
-    try:
-        tail = _encoder.encode(extra if isinstance(extra, dict) else dict(extra))
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise ValueError(f"extra_body does not encode as JSON: {exc}") from exc
-    if replaced:
-        body = msgspec.structs.replace(body, **replaced)
-    head = _encoder.encode(body)
-    # head is a non-empty object ("model" is always there): b'{...}'; tail is b'{...}'.
-    if tail == b"{}":
-        return head
-    return head[:-1] + b"," + tail[1:]
 
 
 # --- response wire format --------------------------------------------------------------
@@ -486,7 +452,7 @@ class OpenAIChat(HTTPProvider):
             url,
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
             extra_headers=headers,
-            secrets=collect_secrets(api_key, headers, query),
+            api_key=api_key,
             client=client,
         )
         self._max_tokens_field = max_tokens_field

@@ -29,7 +29,15 @@ from .._errors import (
     ProviderTimeout,
 )
 from .._sse import SSEDecoder
-from ._http import WireError, describe_url, error_from_payload, error_from_response, excerpt, mask
+from ._http import (
+    WireError,
+    collect_secrets,
+    describe_url,
+    error_from_payload,
+    error_from_response,
+    excerpt,
+    mask,
+)
 
 __all__ = ["DEFAULT_TIMEOUT", "HTTPCall", "HTTPProvider", "SSEResponseStream"]
 
@@ -129,7 +137,7 @@ class SSEResponseStream(trio.abc.AsyncResource):
         self._entered = True
         try:
             response = await self._client.send(self._request, stream=True)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:  # decoding: a redirect's body
             raise self._http_error(exc, mid_reply=False) from exc
         try:
             if not response.is_success:
@@ -156,19 +164,21 @@ class SSEResponseStream(trio.abc.AsyncResource):
         return self
 
     async def aclose(self) -> None:
-        """Close the HTTP response; idempotent. Leaving the ``async with`` block calls it
-        (a checkpoint), safe on error and under cancellation."""
+        """Close the HTTP response, and end httpx's generators that read it (see
+        :func:`_finish`); idempotent. Leaving the ``async with`` block calls it, safe on
+        error and under cancellation; ending the generators raises no ``Cancelled``, so it
+        cannot replace the exception that left the block."""
         self._done = True
         byte_iter, self._bytes = self._bytes, None
         try:
-            if byte_iter is not None:
-                await byte_iter.aclose()
-        finally:
             if self._response is not None:
                 try:
                     await self._response.aclose()  # idempotent in httpx
                 except httpx.TransportError:
                     pass  # the connection is dead already; there is nothing left to close
+        finally:
+            if byte_iter is not None:
+                await _finish(byte_iter)
 
     def __aiter__(self: _S) -> _S:
         return self
@@ -315,7 +325,8 @@ class SSEResponseStream(trio.abc.AsyncResource):
         return excerpt(data, secrets=self._secrets)
 
     async def _read_some(self, response: httpx.Response) -> bytes:
-        """Up to ``_ERROR_BODY_LIMIT`` bytes of the body, for an error message."""
+        """Up to ``_ERROR_BODY_LIMIT`` bytes of the body, for an error message; the
+        response is closed after."""
         parts: list[bytes] = []
         size = 0
         pieces = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
@@ -327,9 +338,34 @@ class SSEResponseStream(trio.abc.AsyncResource):
                     break
         except httpx.TransportError:
             pass  # the status alone still says what went wrong
+        except httpx.DecodingError as exc:
+            # A body that is not in its content-encoding: say so, instead of showing none.
+            return f"(a body that could not be decoded: {exc})".encode()
         finally:
-            await pieces.aclose()
+            await response.aclose()
+            await _finish(pieces)
         return b"".join(parts)[:_ERROR_BODY_LIMIT]
+
+
+async def _finish(byte_iter: AsyncGenerator[bytes, None]) -> None:
+    """Run ``byte_iter``, whose response was just closed, to its end.
+
+    httpx reads a body through a chain of nested async generators; closing the outer one
+    leaves the inner ones suspended, to be collected later (Trio reports each as a
+    ResourceWarning). Stepping it instead, in a cancelled scope, sends the error from the
+    closed connection (or ``Cancelled``, at the first checkpoint) through every generator
+    in the chain, which ends them all. What is still buffered is read and dropped. Never
+    raises ``Cancelled``.
+    """
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            async for _ in byte_iter:
+                pass
+        except Exception:
+            pass  # the response is closed; whatever its stream says now changes nothing
+        finally:
+            await byte_iter.aclose()
 
 
 def _is_event_stream(content_type: str) -> bool:
@@ -342,7 +378,8 @@ class HTTPProvider(trio.abc.AsyncResource):
 
     ``headers`` are the adapter's own (its API key's header among them, when there is a
     key), sent after ``Accept`` and ``Content-Type``; ``extra_headers`` are the caller's,
-    which replace any of the same name. ``secrets`` are masked in every error message.
+    which replace any of the same name. Every error message masks ``api_key`` and the
+    secrets in the headers and the URL's query (see :func:`collect_secrets`).
 
     An injected ``httpx.AsyncClient`` belongs to the caller and is never closed here.
     Without one, the provider makes its own (with :data:`DEFAULT_TIMEOUT`) on first use
@@ -357,7 +394,7 @@ class HTTPProvider(trio.abc.AsyncResource):
         *,
         headers: Mapping[str, str],
         extra_headers: Mapping[str, str] | None,
-        secrets: tuple[str, ...],
+        api_key: str | None,
         client: httpx.AsyncClient | None,
     ) -> None:
         self._model = model
@@ -369,7 +406,7 @@ class HTTPProvider(trio.abc.AsyncResource):
         )
         if extra_headers:
             self._headers.update(extra_headers)
-        self._secrets = secrets
+        self._secrets = collect_secrets(api_key, self._headers, url)
         self._client = client
         self._owns_client = client is None
         self._closed = False
