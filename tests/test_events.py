@@ -72,10 +72,17 @@ def test_round_trip(event: events.BaseEvent) -> None:
     event.turn_id = "turn_x"
     data = events.encode(event)
     decoded = msgspec.json.decode(data)
-    assert decoded["type"] == type(event).__struct_config__.tag
+    assert decoded["type"] == event.type == type(event).__struct_config__.tag
     assert decoded["seq"] == 42
     assert decoded["turn_id"] == "turn_x"
     assert events.decode(data) == event
+
+
+def test_type_is_the_oturn_name() -> None:
+    assert events.AssistantDelta(text="x").type == "assistant_delta"
+    assert events.TurnFinished(stop_reason="completed", usage=Usage()).type == "turn_finished"
+    assert {sample.type for sample in SAMPLES} >= OTURN_NAMES
+    assert "type" not in msgspec.structs.asdict(events.AssistantDelta(text="x"))
 
 
 def test_decode_rejects_unknown_types_with_a_clear_error() -> None:

@@ -27,7 +27,7 @@ turn. A UI can close its prompt on whichever comes first.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -64,10 +64,16 @@ __all__ = [
 
 
 class BaseEvent(msgspec.Struct, tag_field="type", kw_only=True):
-    """Fields every event has. ``seq`` and ``turn_id`` are stamped on publish."""
+    """Fields every event has. ``seq`` and ``turn_id`` are stamped on publish; ``type``
+    is the event's name (its JSON tag)."""
 
     seq: int = 0
     turn_id: str = ""
+
+    @property
+    def type(self) -> str:
+        """The event's name, as in its JSON: ``"assistant_delta"``, ``"turn_finished"``."""
+        return cast(str, type(self).__struct_config__.tag)
 
 
 class TurnStarted(BaseEvent, tag="turn_started"):
