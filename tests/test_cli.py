@@ -13,6 +13,9 @@ import httpx
 import pytest
 import trio
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 from trurn import _cli
 from trurn._messages import AssistantMessage, Message, Usage, UserMessage
 from trurn._store import SessionStore
@@ -142,6 +145,18 @@ def test_bad_option_values_are_named(
     assert "Traceback" not in err
 
 
+def test_ctrl_c_inside_trio_nurseries_is_one_line_and_exit_130(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def interrupted(port: int, out: object) -> int:
+        # What Ctrl-C in the mock server looks like once trio's nurseries wrapped it.
+        raise BaseExceptionGroup("from a nursery", [KeyboardInterrupt()])
+
+    monkeypatch.setattr(_cli, "_serve", interrupted)
+    assert _cli.main(["mock-server", "--port", "8000"]) == 130
+    assert capsys.readouterr().err == "trurn: interrupted\n"
+
+
 def test_mock_server_on_a_taken_port_is_a_one_line_error() -> None:
     import socket
 
@@ -244,6 +259,10 @@ def test_unset_api_key_env_with_a_provider_string_is_named(
     [
         (["--model", "gemini:pro"], "unknown provider prefix 'gemini:': write openai:MODEL"),
         (["--model", "gpt-4o"], "--model gpt-4o needs a provider prefix (e.g. openai:gpt-4o)"),
+        (
+            ["--model", "anthropic/claude-x"],
+            "--model anthropic/claude-x needs a provider prefix (e.g. anthropic:claude-x)",
+        ),
         (["--model", "openai-compatible:m"], "openai-compatible needs a model and a URL"),
         (
             ["--model", "openai:gpt-4o", "--base-url", "http://127.0.0.1:9/v1"],

@@ -123,3 +123,27 @@ async def test_events_go_to_the_broadcast_it_was_given() -> None:
         await nucleus.step("inc")
         assert drain(events) == ["from elsewhere", "now 1"]
         assert hub.statistics().published == 2
+
+
+async def test_steps_from_several_tasks_take_turns_while_a_subscriber_is_full() -> None:
+    nucleus = Nucleus(0, counter)
+    async with nucleus.subscribe(max_buffer=1) as events, trio.open_nursery() as nursery:
+        for _ in range(3):  # the second and third wait: the subscriber holds one event
+            nursery.start_soon(nucleus.step, "inc")
+            await trio.testing.wait_all_tasks_blocked()
+        got = [await events.receive() for _ in range(3)]
+    assert got == ["now 1", "now 2", "now 3"]
+    assert nucleus.state == 3
+
+
+async def test_a_step_on_a_broadcast_busy_with_another_publisher_reduces_nothing() -> None:
+    hub: Broadcast[str] = Broadcast()
+    nucleus = Nucleus(0, counter, broadcast=hub)
+    async with hub.subscribe(max_buffer=1) as events, trio.open_nursery() as nursery:
+        nursery.start_soon(hub.publish, ["x", "y"])  # waits: the subscriber holds one
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BusyResourceError, match="nothing was reduced"):
+            await nucleus.step("inc")
+        assert nucleus.state == 0
+        assert [await events.receive() for _ in range(2)] == ["x", "y"]
+    assert await nucleus.step("inc") == Transition(1, ("now 1",))

@@ -150,6 +150,12 @@ class Broadcast(Generic[T]):
         """Whether :meth:`close` was called."""
         return self._closed
 
+    @property
+    def publishing(self) -> bool:
+        """Whether a :meth:`publish` call is running (waiting for a subscriber): another
+        one now would raise :class:`trio.BusyResourceError`."""
+        return self._publishing
+
     # -- subscribers -------------------------------------------------------------------
 
     def subscribe(

@@ -46,7 +46,7 @@ from ._store import SessionInfo, SessionStore, render_markdown
 from ._tools import tool
 from ._version import __version__
 from .providers import OpenAIChat, Provider
-from .providers._select import provider_from_string
+from .providers._select import is_provider_prefix, provider_from_string
 from .testing import demo_model, open_scripted_server, serve_scripted_server
 
 if sys.version_info < (3, 11):
@@ -357,8 +357,10 @@ def _chosen_provider(
     if model is None:
         return None
     if ":" not in model:
+        prefix, slash, name = model.partition("/")
+        example = f"{prefix}:{name}" if slash and is_provider_prefix(prefix) else f"openai:{model}"
         raise ConfigurationError(
-            f"--model {model} needs a provider prefix (e.g. openai:{model}) or a --base-url"
+            f"--model {model} needs a provider prefix (e.g. {example}) or a --base-url"
         )
     api_key = None
     if key_env is not None:
@@ -511,11 +513,11 @@ async def _sessions(args: argparse.Namespace, out: TextIO) -> int:
     return await handler(SessionStore(), args, out)
 
 
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc``, also when trio's nurseries wrapped it in a group."""
+def _unwrapped(exc: BaseException) -> BaseException:
+    """The one exception behind ``exc`` when trio's nurseries wrapped it in groups."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, OSError) else None
+    return exc
 
 
 def _describe(error: OSError) -> str:
@@ -544,14 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.flush()
         print(f"trurn: error: {exc}", file=sys.stderr)
         return 1
-    except (OSError, BaseExceptionGroup) as exc:  # e.g. the port of mock-server is taken
-        error = _os_error(exc)
-        if error is None:
-            raise
+    except (OSError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # A taken mock-server port, a Ctrl-C: maybe in groups from trio's nurseries.
+        error = _unwrapped(exc)
         out.flush()
+        if isinstance(error, KeyboardInterrupt):
+            print("trurn: interrupted", file=sys.stderr)
+            return 130
+        if not isinstance(error, OSError):
+            raise
         print(f"trurn: error: {_describe(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        out.flush()
-        print("trurn: interrupted", file=sys.stderr)
-        return 130

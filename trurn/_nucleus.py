@@ -70,6 +70,7 @@ class Nucleus(Generic[StateT, SignalT, EventT]):
         self._reducer = reducer
         self._terminal = False
         self._broadcast: Broadcast[EventT] = Broadcast() if broadcast is None else broadcast
+        self._stepping = trio.Lock()  # steps take turns: one publishes at a time
 
     @property
     def state(self) -> StateT:
@@ -95,30 +96,36 @@ class Nucleus(Generic[StateT, SignalT, EventT]):
     async def step(self, signal: SignalT) -> Transition[StateT, EventT]:
         """Apply one signal: reduce, store the new state, publish its events as one batch.
 
-        A checkpoint.
-        Once :attr:`terminal`, it ignores the signal and returns
+        A checkpoint. Steps of one nucleus from several tasks take turns, in the order
+        they came. Once :attr:`terminal`, it ignores the signal and returns
         ``Transition(state, (), True)`` (still a checkpoint).
 
-        Cancellation: cancelled on entry, nothing happened. Cancelled while publishing
-        (waiting for a full ``"wait"`` subscriber), the new state is already stored and
-        the events were delivered as :meth:`Broadcast.publish` describes.
+        Cancellation: cancelled on entry (or while waiting for another step), nothing
+        happened. Cancelled while publishing (waiting for a full ``"wait"``
+        subscriber), the new state is already stored and the events were delivered as
+        :meth:`Broadcast.publish` describes.
 
         Raises:
           Exception: whatever the reducer raises; the state is then unchanged and
             nothing is published.
+          trio.BusyResourceError: another publisher (not a step of this nucleus) is
+            publishing on a shared broadcast; nothing was reduced.
           trio.ClosedResourceError: the broadcast was closed (the new state is stored).
         """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._terminal:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return Transition(self._state, (), True)
-        transition = self._reducer(self._state, signal)
-        self._state = transition.state
-        self._terminal = transition.terminal
-        # No schedule point since the check above, so publish cannot be cancelled on
-        # entry: the state stored and the events published go together.
-        await self._broadcast.publish(transition.events)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        async with self._stepping:
+            # No schedule point from this check to publish's own, so a cancel lands
+            # here (nothing happened) or not before the events are out.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._terminal:
+                return Transition(self._state, (), True)
+            if self._broadcast.publishing:
+                raise trio.BusyResourceError(
+                    "another task is publishing on this nucleus's broadcast; nothing was reduced"
+                )
+            transition = self._reducer(self._state, signal)
+            self._state = transition.state
+            self._terminal = transition.terminal
+            await self._broadcast.publish(transition.events)
         return transition
 
     async def run(self, signals: AsyncIterable[SignalT]) -> StateT:

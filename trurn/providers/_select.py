@@ -31,7 +31,7 @@ from ._base import Provider
 from ._http import describe_url
 from ._openai import OpenAIChat
 
-__all__ = ["provider_from_string"]
+__all__ = ["is_provider_prefix", "provider_from_string"]
 
 _OPENAI_URL = "https://api.openai.com/v1"
 _OPENAI_HOST = "api.openai.com"
@@ -231,3 +231,8 @@ def _split_host_port(hostport: str) -> tuple[str, str]:
         return hostport, ""
     name, _, port = hostport.partition(":")
     return name, port
+
+
+def is_provider_prefix(name: str) -> bool:
+    """Whether ``name`` is a known provider prefix (``"openai"``, ``"anthropic"``, ...)."""
+    return name.strip().lower() in _BUILDERS
