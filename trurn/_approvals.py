@@ -31,7 +31,13 @@ import msgspec
 import trio
 
 from . import events
-from ._errors import InvalidChoiceError, RequestAnsweredError, ToolError, UnknownRequestError
+from ._errors import (
+    InvalidChoiceError,
+    RequestAnsweredError,
+    ToolError,
+    UnknownRequestError,
+    unwrapped,
+)
 from ._messages import ToolCall
 
 if sys.version_info < (3, 11):
@@ -307,8 +313,9 @@ class Approvals:
         except BaseExceptionGroup as group:
             # What escapes is a KeyboardInterrupt (or the like) from the callback or from
             # publishing: it goes on alone, as if this wait had no nursery.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
+            lone = unwrapped(group)
+            if lone is not group:
+                raise lone from None
             raise
         finally:
             self._forget(pending)

@@ -40,7 +40,13 @@ import trio
 from . import events
 from ._agent import Agent
 from ._context import Context, SessionRecoveryWarning
-from ._errors import ConfigurationError, SessionIdError, SessionNotFoundError, TrurnError
+from ._errors import (
+    ConfigurationError,
+    SessionIdError,
+    SessionNotFoundError,
+    TrurnError,
+    unwrapped,
+)
 from ._journal import read_journal
 from ._store import SessionInfo, SessionStore, render_markdown
 from ._tools import tool
@@ -513,13 +519,6 @@ async def _sessions(args: argparse.Namespace, out: TextIO) -> int:
     return await handler(SessionStore(), args, out)
 
 
-def _unwrapped(exc: BaseException) -> BaseException:
-    """The one exception behind ``exc`` when trio's nurseries wrapped it in groups."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _describe(error: OSError) -> str:
     """``FILE: reason``, or the reason alone when no file is involved (a taken port)."""
     reason = error.strerror or str(error)
@@ -548,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (OSError, KeyboardInterrupt, BaseExceptionGroup) as exc:
         # A taken mock-server port, a Ctrl-C: maybe in groups from trio's nurseries.
-        error = _unwrapped(exc)
+        error = unwrapped(exc)
         out.flush()
         if isinstance(error, KeyboardInterrupt):
             print("trurn: interrupted", file=sys.stderr)

@@ -39,6 +39,10 @@ Lower-level errors (httpx, msgspec) are mapped to the most specific class with
 from __future__ import annotations
 
 import os
+import sys
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "AuthenticationError",
@@ -70,6 +74,7 @@ __all__ = [
     "ToolError",
     "TrurnError",
     "UnknownRequestError",
+    "unwrapped",
 ]
 
 
@@ -274,3 +279,11 @@ class SessionExistsError(SessionError):
 
 class SessionNotFoundError(SessionError, LookupError):
     """No session with this id, in the work dir's links or in the global date dirs."""
+
+
+def unwrapped(exc: BaseException) -> BaseException:
+    """``exc`` without the one-member exception groups that trio's nurseries put around
+    it: the exception itself when one escaped, else the innermost group of several."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

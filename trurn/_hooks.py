@@ -28,7 +28,7 @@ import trio
 from . import events
 from ._approvals import Emit
 from ._messages import AssistantMessage, Message, SystemMessage, ToolCall, ToolMessage, UserMessage
-from ._records import check_message
+from ._records import check_finite
 from ._tools import exception_text
 
 if TYPE_CHECKING:
@@ -199,9 +199,7 @@ def _call_or_block(value: object) -> ToolCall | Block | None:
         raise TypeError("a ToolCall whose arguments are a dict with str keys")
     try:
         msgspec.json.encode(arguments)
-        check_message(
-            ToolMessage(tool_call_id=value.id, name=value.name, content="", arguments=arguments)
-        )
+        check_finite(arguments, "the arguments")
     except (TypeError, ValueError, msgspec.EncodeError) as exc:
         raise TypeError(f"a ToolCall whose arguments JSON can hold ({exc})") from None
     return value

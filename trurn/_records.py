@@ -168,23 +168,25 @@ def check_message(message: Message) -> None:
     """Refuse a non-finite float in the parts of ``message`` typed only as JSON."""
     if isinstance(message, AssistantMessage):
         for call in message.tool_calls:
-            _check_finite(call.arguments, f"the arguments of tool call {call.id!r}")
+            check_finite(call.arguments, f"the arguments of tool call {call.id!r}")
         for block in message.server_blocks:
-            _check_finite(block, "a server tool block")
+            check_finite(block, "a server tool block")
     elif isinstance(message, ToolMessage) and message.arguments is not None:
-        _check_finite(message.arguments, f"the arguments of tool result {message.tool_call_id!r}")
+        check_finite(message.arguments, f"the arguments of tool result {message.tool_call_id!r}")
 
 
-def _check_finite(value: object, where: str) -> None:
+def check_finite(value: object, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` if ``value`` holds a NaN or an infinity
+    (nested in lists, tuples and dict values), which JSON cannot store."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"{where} hold {value!r}, which JSON cannot store (not finite)")
     elif isinstance(value, dict):
         for item in value.values():
-            _check_finite(item, where)
+            check_finite(item, where)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _check_finite(item, where)
+            check_finite(item, where)
 
 
 def decode_record(line: bytes) -> Record:

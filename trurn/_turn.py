@@ -29,7 +29,7 @@ import trio
 from . import events
 from ._compaction import Compactor, estimate_tokens, plan_compaction
 from ._context import Context
-from ._errors import ContextOverflowError, ProviderError, TrurnError
+from ._errors import ContextOverflowError, ProviderError, TrurnError, unwrapped
 from ._hooks import Block, HookRunner
 from ._inbox import Inbox
 from ._lineage import CURRENT_TURN as _current_turn
@@ -585,10 +585,9 @@ async def _run_tools(
         # by a tool's or an approval's own nursery: raise that one exception alone. With
         # the Cancelled split off, one exception left means a chain of one-member groups.
         _, fatal = group.split(trio.Cancelled)
-        while isinstance(fatal, BaseExceptionGroup) and len(fatal.exceptions) == 1:
-            fatal = fatal.exceptions[0]
-        if fatal is not None and not isinstance(fatal, BaseExceptionGroup):
-            raise fatal from None
+        lone = None if fatal is None else unwrapped(fatal)
+        if lone is not None and not isinstance(lone, BaseExceptionGroup):
+            raise lone from None
         raise
     finally:
         ordered = [
